@@ -1,0 +1,488 @@
+//! A multi-site overlay on one machine, in network namespaces: the topology
+//! `on6 demo` shows and the integration tests drive. Everything it creates
+//! (namespaces, processes, files) is removed when it is dropped.
+//!
+//! ```text
+//!  host-N ns ── veth ── site-N ns (on6 run: master, gateway TUN, tunnel)
+//!                              │ 10.77.0.N
+//!                       underlay ns (bridge)
+//!                              │ 10.77.0.(100+N)
+//!                       nat-N ns (nftables masquerade)      [remote gateway only]
+//!                              │ 10.88.N.1 / .2
+//!                        gw-N ns (on6 slave: gateway TUN) ── veth ── host-N ns
+//! ```
+
+use crate::netns::{self, Netns, NetnsError};
+use crate::pki::{self, Role};
+use ipnet::Ipv6Net;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FLEET_PREFIX: &str = "fd6e::/32";
+pub const TUNNEL_PORT: u16 = 4434;
+pub const MASTER_PORT: u16 = 4433;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    NotReady(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OverlayError {
+    let what = what.into();
+    move |source| OverlayError::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct OverlayOptions {
+    pub sites: usize,
+    /// The on6 binary to run in the namespaces.
+    pub bin: PathBuf,
+    /// Sites (0-based) whose gateway runs as a remote slave behind a NAT.
+    pub remote_gateways: Vec<usize>,
+    /// Per-site gateway TUN MTU overrides (site index, MTU).
+    pub gateway_mtu: Vec<(usize, u16)>,
+    /// Extra config lines appended to each site's `[master]` section.
+    pub idle_timeout_ms: u64,
+    pub log: String,
+}
+
+impl OverlayOptions {
+    pub fn new(sites: usize, bin: impl Into<PathBuf>) -> Self {
+        OverlayOptions {
+            sites,
+            bin: bin.into(),
+            remote_gateways: vec![],
+            gateway_mtu: vec![],
+            idle_timeout_ms: 3000,
+            log: "info".into(),
+        }
+    }
+}
+
+pub struct SiteHandle {
+    pub index: usize,
+    pub name: String,
+    pub prefix: Ipv6Net,
+    pub router: Ipv6Addr,
+    pub host_addr: Ipv6Addr,
+    pub underlay: Ipv4Addr,
+    pub admin_socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub site_ns: Netns,
+    pub host_ns: Netns,
+    /// For a remote gateway: its namespace, the NAT in front of it, its log.
+    pub gateway_ns: Option<(Netns, Netns, PathBuf)>,
+}
+
+pub struct Overlay {
+    pub dir: PathBuf,
+    pub sites: Vec<SiteHandle>,
+    children: Vec<(String, Child)>,
+    underlay: Option<Netns>,
+    keep_dir: bool,
+}
+
+fn site_prefix(i: usize) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::new(0xfd6e, 0, i as u16 + 1, 0, 0, 0, 0, 0), 48).unwrap_or_default()
+}
+
+fn host_addr(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd6e, 0, i as u16 + 1, 1, 0, 0, 0, 2)
+}
+
+fn site_name(i: usize) -> String {
+    format!("site-{}", i + 1)
+}
+
+impl Overlay {
+    pub fn build(opts: &OverlayOptions) -> Result<Overlay, OverlayError> {
+        let dir = std::env::temp_dir().join(format!(
+            "on6-overlay-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).map_err(io("creating the overlay directory"))?;
+        let mut overlay = Overlay {
+            dir: dir.clone(),
+            sites: vec![],
+            children: vec![],
+            underlay: None,
+            keep_dir: false,
+        };
+        overlay.setup(opts)?;
+        Ok(overlay)
+    }
+
+    fn setup(&mut self, opts: &OverlayOptions) -> Result<(), OverlayError> {
+        let dir = self.dir.clone();
+        let ca = pki::init_ca("on6 demo fleet", 2)?;
+        pki::write_file(&dir.join("ca.pem"), &ca.cert_pem, false)?;
+        pki::write_file(&dir.join("ca.key"), &ca.key_pem, true)?;
+        let now = time::OffsetDateTime::now_utc();
+        let (nb, na) = (
+            now - time::Duration::minutes(5),
+            now + time::Duration::days(1),
+        );
+        let issue = |name: &str, role: Role, prefixes: &[Ipv6Net]| -> Result<(), OverlayError> {
+            let (pair, _) = pki::issue(
+                &ca.cert_pem,
+                &ca.key_pem,
+                &pki::IssueRequest {
+                    name,
+                    role,
+                    prefixes,
+                    not_before: nb,
+                    not_after: na,
+                },
+            )?;
+            pki::write_file(&dir.join(format!("{name}.pem")), &pair.cert_pem, false)?;
+            pki::write_file(&dir.join(format!("{name}.key")), &pair.key_pem, true)?;
+            Ok(())
+        };
+
+        let underlay = Netns::create("on6u")?;
+        underlay.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        underlay.exec(&["ip", "link", "set", "br0", "up"])?;
+        let fleet: Ipv6Net = FLEET_PREFIX.parse().unwrap_or_default();
+
+        for i in 0..opts.sites {
+            let name = site_name(i);
+            let prefix = site_prefix(i);
+            let router = Ipv6Addr::from(u128::from(prefix.network()) + 1);
+            let ul_ip = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
+            issue(&name, Role::Master, &[prefix])?;
+
+            let site_ns = Netns::create(&format!("on6s{}", i + 1))?;
+            let host_ns = Netns::create(&format!("on6h{}", i + 1))?;
+            let ul_if = netns::unique_ifname("ul");
+            netns::veth(&site_ns, "ul0", &underlay, &ul_if)?;
+            underlay.exec(&["ip", "link", "set", &ul_if, "master", "br0"])?;
+            site_ns.addr("ul0", &format!("{ul_ip}/24"))?;
+
+            let remote = opts.remote_gateways.contains(&i);
+            let gw_mtu = opts
+                .gateway_mtu
+                .iter()
+                .find(|(s, _)| *s == i)
+                .map(|(_, m)| *m);
+            let host_net_ns = if remote {
+                // The gateway runs in its own namespace behind a NAT, dialing its master.
+                let gw_name = format!("{name}-gw");
+                issue(&gw_name, Role::Slave, &[prefix])?;
+                let nat_ns = Netns::create(&format!("on6n{}", i + 1))?;
+                let gw_ns = Netns::create(&format!("on6g{}", i + 1))?;
+                let nat_ul = netns::unique_ifname("nu");
+                netns::veth(&nat_ns, "ul0", &underlay, &nat_ul)?;
+                underlay.exec(&["ip", "link", "set", &nat_ul, "master", "br0"])?;
+                nat_ns.addr("ul0", &format!("10.77.0.{}/24", 101 + i))?;
+                netns::veth(&nat_ns, "in0", &gw_ns, "out0")?;
+                nat_ns.addr("in0", &format!("10.88.{}.1/24", i + 1))?;
+                gw_ns.addr("out0", &format!("10.88.{}.2/24", i + 1))?;
+                gw_ns.route(&[
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.88.{}.1", i + 1),
+                ])?;
+                nat_ns.sysctl("net.ipv4.ip_forward", "1")?;
+                let rules = "table ip on6nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"ul0\" masquerade\n }\n chain forward {\n  type filter hook forward priority filter; policy drop;\n  ct state established,related accept\n  iifname \"in0\" oifname \"ul0\" accept\n }\n}\n";
+                let rules_path = dir.join(format!("nat-{}.nft", i + 1));
+                std::fs::write(&rules_path, rules).map_err(io("writing NAT rules"))?;
+                nat_ns.exec(&["nft", "-f", &rules_path.to_string_lossy()])?;
+
+                let slave_cfg = format!(
+                    "ca = \"ca.pem\"\ncert = \"{gw_name}.pem\"\nkey = \"{gw_name}.key\"\nidle_timeout_ms = {idle}\n\n[master]\naddress = \"{ul_ip}:{MASTER_PORT}\"\nname = \"{name}\"\n\n[slave]\nkind = \"gateway\"\nprefix = \"{prefix}\"\nroutes = [\"{fleet}\"]\n{mtu}",
+                    idle = opts.idle_timeout_ms,
+                    mtu = gw_mtu.map_or(String::new(), |m| format!("mtu = {m}\n")),
+                );
+                let slave_path = dir.join(format!("{gw_name}.toml"));
+                std::fs::write(&slave_path, slave_cfg).map_err(io("writing slave config"))?;
+                gw_ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                let log = dir.join(format!("{gw_name}.log"));
+                // The slave process starts after its master (below).
+                Some((gw_ns, nat_ns, log))
+            } else {
+                None
+            };
+
+            // Host behind whichever namespace holds the gateway.
+            let router_ns = host_net_ns.as_ref().map_or(&site_ns, |(g, _, _)| g);
+            netns::veth(router_ns, "lan0", &host_ns, "eth0")?;
+            router_ns.addr(
+                "lan0",
+                &format!("{}/64", Ipv6Addr::from(u128::from(host_addr(i)) - 1)),
+            )?;
+            host_ns.addr("eth0", &format!("{}/64", host_addr(i)))?;
+            host_ns.route(&[
+                "add",
+                "default",
+                "via",
+                &Ipv6Addr::from(u128::from(host_addr(i)) - 1).to_string(),
+            ])?;
+            site_ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+
+            let mut peers = String::new();
+            for j in (0..opts.sites).filter(|j| *j != i) {
+                peers.push_str(&format!(
+                    "\n[[slave.peer]]\nname = \"{}\"\nendpoint = \"10.77.0.{}:{TUNNEL_PORT}\"\nprefixes = [\"{}\"]\n",
+                    site_name(j),
+                    j + 1,
+                    site_prefix(j)
+                ));
+            }
+            let gateway = if remote {
+                String::new()
+            } else {
+                format!(
+                    "\n[[slave]]\nkind = \"gateway\"\nroutes = [\"{fleet}\"]\n{}",
+                    gw_mtu.map_or(String::new(), |m| format!("mtu = {m}\n"))
+                )
+            };
+            let admin_socket = dir.join(format!("{name}.sock"));
+            let site_cfg = format!(
+                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}",
+                admin_socket.display(),
+                opts.idle_timeout_ms
+            );
+            let config = dir.join(format!("{name}.toml"));
+            std::fs::write(&config, site_cfg).map_err(io("writing site config"))?;
+            let log = dir.join(format!("{name}.log"));
+            self.sites.push(SiteHandle {
+                index: i,
+                name,
+                prefix,
+                router,
+                host_addr: host_addr(i),
+                underlay: ul_ip,
+                admin_socket,
+                config,
+                log,
+                site_ns,
+                host_ns,
+                gateway_ns: host_net_ns,
+            });
+        }
+        std::fs::write(dir.join("revoked.txt"), "# revoked serials\n")
+            .map_err(io("writing revocation list"))?;
+        self.underlay = Some(underlay);
+
+        for i in 0..self.sites.len() {
+            self.start_site(i, &opts.bin, &opts.log)?;
+        }
+        for i in 0..self.sites.len() {
+            if self.sites[i].gateway_ns.is_some() {
+                self.start_remote_gateway(i, &opts.bin, &opts.log)?;
+            }
+        }
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn spawn_in(
+        &mut self,
+        label: String,
+        ns: &str,
+        bin: &Path,
+        args: &[&str],
+        log: &Path,
+        level: &str,
+    ) -> Result<(), OverlayError> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io(format!("opening {}", log.display())))?;
+        let err = out.try_clone().map_err(io("log file"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args(args)
+            .env("RUST_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {} in {ns}", bin.display())))?;
+        self.children.push((label, child));
+        Ok(())
+    }
+
+    pub fn start_site(&mut self, i: usize, bin: &Path, level: &str) -> Result<(), OverlayError> {
+        let s = &self.sites[i];
+        let (ns, cfg, log, label) = (
+            s.site_ns.name().to_string(),
+            s.config.clone(),
+            s.log.clone(),
+            s.name.clone(),
+        );
+        self.spawn_in(
+            label,
+            &ns,
+            bin,
+            &["run", &cfg.to_string_lossy()],
+            &log,
+            level,
+        )
+    }
+
+    pub fn start_remote_gateway(
+        &mut self,
+        i: usize,
+        bin: &Path,
+        level: &str,
+    ) -> Result<(), OverlayError> {
+        let s = &self.sites[i];
+        let Some((gw_ns, _, log)) = &s.gateway_ns else {
+            return Ok(());
+        };
+        let cfg = self.dir.join(format!("{}-gw.toml", s.name));
+        let (ns, log, label) = (
+            gw_ns.name().to_string(),
+            log.clone(),
+            format!("{}-gw", s.name),
+        );
+        self.spawn_in(
+            label,
+            &ns,
+            bin,
+            &["slave", &cfg.to_string_lossy()],
+            &log,
+            level,
+        )
+    }
+
+    /// Kills a process (site or remote gateway, by label) with SIGKILL: no goodbye to its peers.
+    pub fn kill(&mut self, label: &str) -> bool {
+        let mut found = false;
+        for (l, child) in self.children.iter_mut().filter(|(l, _)| l == label) {
+            let _ = child.kill();
+            let _ = child.wait();
+            found = true;
+            tracing::info!(process = %l, "killed");
+        }
+        self.children.retain(|(l, _)| l != label);
+        found
+    }
+
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let text = crate::status::fetch(&self.sites[i].admin_socket).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Whether site `i` has its gateway attached and every tunnel peer connected.
+    pub fn site_ready(&self, i: usize) -> bool {
+        let Some(st) = self.status(i) else {
+            return false;
+        };
+        let gateway_up = st["master"]["slaves"].as_array().is_some_and(|v| {
+            v.iter().any(|s| {
+                s["kind"] == "gateway" && !s["prefixes"].as_array().is_none_or(|p| p.is_empty())
+            })
+        });
+        let peers_up = st["tunnels"].as_array().is_some_and(|t| {
+            t.iter().all(|tun| {
+                tun[1]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().all(|p| p["connected"] == true))
+            })
+        });
+        gateway_up && peers_up
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), OverlayError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending: Vec<usize> = (0..self.sites.len())
+                .filter(|i| !self.site_ready(*i))
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for (label, child) in &mut self.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(OverlayError::NotReady(format!(
+                        "{label} exited with {status}; see the logs in {}",
+                        self.dir.display()
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                let names: Vec<&str> = pending
+                    .iter()
+                    .map(|i| self.sites[*i].name.as_str())
+                    .collect();
+                return Err(OverlayError::NotReady(format!(
+                    "sites not ready after {timeout:?}: {names:?}; logs in {}",
+                    self.dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Keeps the working directory (configs, certificates, logs) after drop.
+    pub fn keep_dir(&mut self) {
+        self.keep_dir = true;
+    }
+
+    /// The last lines of every process log, for failure reports.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut paths: Vec<PathBuf> = self.sites.iter().map(|s| s.log.clone()).collect();
+        paths.extend(
+            self.sites
+                .iter()
+                .filter_map(|s| s.gateway_ns.as_ref().map(|g| g.2.clone())),
+        );
+        for p in paths {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("==> {} <==\n", p.display()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        // SIGTERM first so sites remove their TUN devices and say goodbye; then make sure.
+        for (_, child) in &mut self.children {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (_, child) in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.sites.clear();
+        self.underlay = None;
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

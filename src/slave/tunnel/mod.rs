@@ -1,0 +1,357 @@
+//! Static tunnel slave (the 6bone's configured tunnels, on6's manual
+//! fallback): prefixes mapped by config to other sites, reached over mutually
+//! authenticated QUIC datagrams. Connections are reused, re-dialed after
+//! failure, and a peer's prefixes are announced to the master only while a
+//! connection to it is up, so the master answers Destination Unreachable for
+//! a site that is down.
+
+use super::{MasterPort, SlaveError};
+use crate::control::{ControlMessage, SlaveKind};
+use crate::master::driver::Downlink;
+use crate::master::RoutingTable;
+use crate::packet::Ipv6Packet;
+use crate::pki::{Credentials, NodeIdentity, Role};
+use crate::transport::{self, close, TransportOptions};
+use bytes::BytesMut;
+use ipnet::Ipv6Net;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const REDIAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The peer site's certificate name.
+    pub name: String,
+    /// Where to dial it; `None` for a peer that only dials us (behind NAT).
+    pub endpoint: Option<SocketAddr>,
+    pub prefixes: Vec<Ipv6Net>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub peers: Vec<PeerConfig>,
+    pub transport: TransportOptions,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PeerStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub spoofed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub connected: bool,
+    pub rtt_ms: Option<f64>,
+    pub lost_packets: u64,
+    #[serde(serialize_with = "inner")]
+    pub stats: Arc<PeerStats>,
+}
+
+fn inner<S: serde::Serializer>(s: &Arc<PeerStats>, ser: S) -> Result<S::Ok, S::Error> {
+    s.as_ref().serialize(ser)
+}
+
+/// What status and metrics read about the tunnel.
+#[derive(Debug, Default)]
+pub struct TunnelShared {
+    peers: Mutex<Vec<PeerSlot>>,
+    pub handshakes_failed: AtomicU64,
+    pub refused_peers: AtomicU64,
+    pub no_connection: AtomicU64,
+}
+
+impl TunnelShared {
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|(name, conns, stats)| {
+                let live = conns.first();
+                PeerStatus {
+                    name: name.clone(),
+                    connected: live.is_some(),
+                    rtt_ms: live.map(|c| c.rtt().as_secs_f64() * 1000.0),
+                    lost_packets: live.map_or(0, |c| c.stats().path.lost_packets),
+                    stats: stats.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A peer's name, its live connections and its counters.
+type PeerSlot = (String, Vec<quinn::Connection>, Arc<PeerStats>);
+
+enum PeerEvent {
+    Up(usize, quinn::Connection),
+    Down(usize, usize),
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Checks a connected peer: a site certificate with the configured name
+/// that covers every prefix we would send it.
+fn authorize(peer: &PeerConfig, id: &NodeIdentity) -> Result<(), String> {
+    if id.role != Role::Master {
+        return Err(format!(
+            "{} holds a {} certificate, not a site certificate",
+            id.name, id.role
+        ));
+    }
+    if id.name != peer.name {
+        return Err(format!("expected {}, got {}", peer.name, id.name));
+    }
+    if let Some(p) = peer.prefixes.iter().find(|p| !id.covers(p)) {
+        return Err(format!("{}'s certificate does not cover {p}", id.name));
+    }
+    Ok(())
+}
+
+pub async fn run(
+    cfg: TunnelConfig,
+    creds: Credentials,
+    mut port: MasterPort,
+    shared: Arc<TunnelShared>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SlaveError> {
+    let server = transport::server_config(&creds, &cfg.transport)?;
+    let client = transport::client_config(&creds, &cfg.transport)?;
+    let endpoint = transport::endpoint(cfg.listen, Some(server), client)?;
+    let peers = Arc::new(cfg.peers.clone());
+    let mut routes = RoutingTable::new();
+    let mut stats = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        for net in &p.prefixes {
+            routes.insert(*net, i);
+        }
+        stats.push(Arc::new(PeerStats::default()));
+    }
+    *shared.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers
+        .iter()
+        .zip(&stats)
+        .map(|(p, s)| (p.name.clone(), Vec::new(), s.clone()))
+        .collect();
+
+    let hello = ControlMessage::Hello {
+        kind: SlaveKind::Tunnel,
+        name: cfg.name.clone(),
+        prefixes: vec![],
+        mtu: cfg.transport.mtu,
+    };
+    port.hello(hello).await?;
+    tracing::info!(listen = %cfg.listen, peers = peers.len(), "tunnel up");
+
+    let (events_tx, mut events) = mpsc::channel(64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, p) in peers.iter().enumerate() {
+        if let Some(addr) = p.endpoint {
+            tasks.spawn(dial(
+                endpoint.clone(),
+                i,
+                addr,
+                peers.clone(),
+                events_tx.clone(),
+                shared.clone(),
+            ));
+        }
+    }
+    tasks.spawn(accept(
+        endpoint.clone(),
+        peers.clone(),
+        events_tx.clone(),
+        shared.clone(),
+    ));
+
+    let mut conns: Vec<Vec<quinn::Connection>> = vec![Vec::new(); peers.len()];
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            Some(ev) = events.recv() => {
+                match ev {
+                    PeerEvent::Up(i, conn) => {
+                        let first = conns[i].is_empty();
+                        bump(&stats[i].connects, 1);
+                        let (up, st, ps) = (port.up.clone(), stats[i].clone(), peers.clone());
+                        let tx = events_tx.clone();
+                        let id = conn.stable_id();
+                        let c = conn.clone();
+                        tasks.spawn(async move {
+                            receive(c, &ps[i], up, st).await;
+                            let _ = tx.send(PeerEvent::Down(i, id)).await;
+                        });
+                        conns[i].push(conn);
+                        if first {
+                            port.up.control(ControlMessage::Announce { prefixes: peers[i].prefixes.clone() }).await?;
+                        }
+                    }
+                    PeerEvent::Down(i, id) => {
+                        conns[i].retain(|c| c.stable_id() != id);
+                        if conns[i].is_empty() {
+                            tracing::warn!(peer = %peers[i].name, "peer unreachable: withdrawing its prefixes");
+                            port.up.control(ControlMessage::Withdraw { prefixes: peers[i].prefixes.clone() }).await?;
+                        }
+                    }
+                }
+                let mut table = shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+                for (slot, live) in table.iter_mut().zip(&conns) {
+                    slot.1 = live.clone();
+                }
+            }
+            msg = port.down.recv() => match msg {
+                Some(Downlink::Packet(p)) => {
+                    let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
+                    let Some((_, &i)) = routes.lookup(dst) else { continue };
+                    let Some(conn) = conns[i].first() else {
+                        bump(&shared.no_connection, 1);
+                        continue;
+                    };
+                    let len = p.len() as u64;
+                    match conn.send_datagram(p) {
+                        Ok(()) => {
+                            bump(&stats[i].tx_packets, 1);
+                            bump(&stats[i].tx_bytes, len);
+                        }
+                        Err(e) => tracing::debug!(peer = %peers[i].name, error = %e, "datagram not sent"),
+                    }
+                }
+                Some(Downlink::Control(m)) => tracing::debug!(?m, "control message"),
+                Some(Downlink::Close { reason }) => break Err(SlaveError::MasterError(reason)),
+                None => break Err(SlaveError::MasterGone),
+            }
+        }
+    };
+    endpoint.close(close::SHUTDOWN.into(), b"shutdown");
+    tasks.abort_all();
+    result
+}
+
+/// Datagrams from a peer: well-formed IPv6 from inside the peer's certificate, or dropped and counted.
+async fn receive(
+    conn: quinn::Connection,
+    peer: &PeerConfig,
+    up: super::Uplink,
+    stats: Arc<PeerStats>,
+) {
+    let identity = match transport::peer_identity(&conn) {
+        Ok(id) => id,
+        Err(_) => return,
+    };
+    while let Ok(d) = conn.read_datagram().await {
+        let src = match Ipv6Packet::new_checked(&d[..]) {
+            Ok(p) => p.src(),
+            Err(e) => {
+                bump(&stats.malformed, 1);
+                tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
+                continue;
+            }
+        };
+        if !identity.covers_addr(&src) {
+            bump(&stats.spoofed, 1);
+            tracing::debug!(peer = %peer.name, %src, "source outside the peer's certificate");
+            continue;
+        }
+        bump(&stats.rx_packets, 1);
+        bump(&stats.rx_bytes, d.len() as u64);
+        if up.packet(BytesMut::from(d)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn dial(
+    endpoint: quinn::Endpoint,
+    i: usize,
+    addr: SocketAddr,
+    peers: Arc<Vec<PeerConfig>>,
+    events: mpsc::Sender<PeerEvent>,
+    shared: Arc<TunnelShared>,
+) {
+    let peer = &peers[i];
+    loop {
+        match endpoint.connect(addr, &peer.name) {
+            Ok(connecting) => match connecting.await {
+                Ok(conn) => match transport::peer_identity(&conn)
+                    .map_err(|e| e.to_string())
+                    .and_then(|id| authorize(peer, &id))
+                {
+                    Ok(()) => {
+                        tracing::info!(peer = %peer.name, %addr, "tunnel connected");
+                        if events.send(PeerEvent::Up(i, conn.clone())).await.is_err() {
+                            return;
+                        }
+                        let why = conn.closed().await;
+                        tracing::warn!(peer = %peer.name, reason = %why, "tunnel connection lost");
+                    }
+                    Err(why) => {
+                        bump(&shared.refused_peers, 1);
+                        tracing::error!(peer = %peer.name, reason = %why, "refusing tunnel peer");
+                        conn.close(close::NOT_AUTHORIZED.into(), why.as_bytes());
+                    }
+                },
+                Err(e) => {
+                    bump(&shared.handshakes_failed, 1);
+                    tracing::debug!(peer = %peer.name, %addr, error = %e, "tunnel dial failed");
+                }
+            },
+            Err(e) => tracing::error!(peer = %peer.name, error = %e, "cannot dial"),
+        }
+        tokio::time::sleep(REDIAL).await;
+    }
+}
+
+async fn accept(
+    endpoint: quinn::Endpoint,
+    peers: Arc<Vec<PeerConfig>>,
+    events: mpsc::Sender<PeerEvent>,
+    shared: Arc<TunnelShared>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                bump(&shared.handshakes_failed, 1);
+                tracing::debug!(error = %e, "tunnel handshake failed");
+                continue;
+            }
+        };
+        let verdict = transport::peer_identity(&conn)
+            .map_err(|e| e.to_string())
+            .and_then(|id| {
+                let i = peers
+                    .iter()
+                    .position(|p| p.name == id.name)
+                    .ok_or(format!("{} is not a configured peer", id.name))?;
+                authorize(&peers[i], &id).map(|()| i)
+            });
+        match verdict {
+            Ok(i) => {
+                tracing::info!(peer = %peers[i].name, remote = %conn.remote_address(), "tunnel accepted");
+                if events.send(PeerEvent::Up(i, conn)).await.is_err() {
+                    return;
+                }
+            }
+            Err(why) => {
+                bump(&shared.refused_peers, 1);
+                tracing::warn!(reason = %why, "refusing tunnel peer");
+                conn.close(close::NOT_AUTHORIZED.into(), why.as_bytes());
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `on6 status`: a running site answers on a Unix socket with a JSON view of
+//! itself (identity, uptime, slaves and prefixes, routes, peers, counters);
+//! the CLI renders it for people or passes the JSON through for scripts.
+
+use crate::master::driver::{MasterHandle, MasterSnapshot};
+use crate::master::remote::RemoteStats;
+use crate::pki::NodeIdentity;
+use crate::slave::gateway::GatewayStats;
+use crate::slave::tunnel::{PeerStatus, TunnelShared};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+
+pub struct SiteView {
+    pub name: String,
+    pub identity: NodeIdentity,
+    pub started: Instant,
+    pub master: MasterHandle,
+    pub remote: Arc<RemoteStats>,
+    pub gateways: Vec<(String, Arc<GatewayStats>)>,
+    pub tunnels: Vec<(String, Arc<TunnelShared>)>,
+}
+
+#[derive(Serialize)]
+struct SiteStatusOut<'a> {
+    site: &'a str,
+    identity: &'a NodeIdentity,
+    uptime_seconds: f64,
+    master: MasterSnapshot,
+    remote: &'a RemoteStats,
+    gateways: Vec<(&'a str, &'a GatewayStats)>,
+    tunnels: Vec<(&'a str, Vec<PeerStatus>)>,
+}
+
+/// The status JSON as a client reads it back.
+#[derive(Debug, Deserialize)]
+pub struct SiteStatus {
+    pub site: String,
+    pub identity: serde_json::Value,
+    pub uptime_seconds: f64,
+    pub master: serde_json::Value,
+    pub remote: serde_json::Value,
+    pub gateways: Vec<(String, serde_json::Value)>,
+    pub tunnels: Vec<(String, Vec<serde_json::Value>)>,
+}
+
+impl SiteView {
+    pub async fn to_json(&self) -> Option<String> {
+        let master = self.master.snapshot().await.ok()?;
+        let out = SiteStatusOut {
+            site: &self.name,
+            identity: &self.identity,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            master,
+            remote: &self.remote,
+            gateways: self
+                .gateways
+                .iter()
+                .map(|(n, s)| (n.as_str(), &**s))
+                .collect(),
+            tunnels: self
+                .tunnels
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.status()))
+                .collect(),
+        };
+        serde_json::to_string_pretty(&out).ok()
+    }
+}
+
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path)
+}
+
+pub async fn serve(listener: tokio::net::UnixListener, view: Arc<SiteView>) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let view = view.clone();
+        tokio::spawn(async move {
+            if let Some(json) = view.to_json().await {
+                let _ = stream.write_all(json.as_bytes()).await;
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Reads a site's status over its admin socket (blocking; for the CLI and tests).
+pub fn fetch(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn get<'a>(v: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
+    path.iter().fold(v, |v, k| &v[*k])
+}
+
+/// A readable rendering of the status JSON.
+pub fn render(json: &str) -> Result<String, serde_json::Error> {
+    let s: SiteStatus = serde_json::from_str(json)?;
+    let mut o = String::new();
+    let id = &s.identity;
+    let _ = writeln!(
+        o,
+        "site {}  (certificate {} role {}, serial {})",
+        s.site,
+        id["name"].as_str().unwrap_or("?"),
+        id["role"].as_str().unwrap_or("?"),
+        id["serial"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        o,
+        "uptime {:.0} s   router address {}",
+        s.uptime_seconds,
+        s.master["router"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(o, "\nslaves:");
+    let empty = vec![];
+    for sl in s.master["slaves"].as_array().unwrap_or(&empty) {
+        let prefixes: Vec<String> = sl["prefixes"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|p| p.as_str().map(String::from))
+            .collect();
+        let _ =
+            writeln!(
+            o,
+            "  #{:<3} {:<10} {:<20} {:<7} mtu {:<5} in {} pkts / {} B, out {} pkts / {} B  [{}]",
+            sl["id"],
+            sl["kind"].as_str().unwrap_or("-"),
+            sl["name"].as_str().unwrap_or("?"),
+            if sl["session"]["remote"].as_bool() == Some(true) { "remote" } else { "local" },
+            sl["mtu"],
+            get(sl, &["stats", "rx_packets"]),
+            get(sl, &["stats", "rx_bytes"]),
+            get(sl, &["stats", "tx_packets"]),
+            get(sl, &["stats", "tx_bytes"]),
+            prefixes.join(", ")
+        );
+    }
+    let _ = writeln!(o, "\nroutes:");
+    for r in s.master["routes"].as_array().unwrap_or(&empty) {
+        let _ = writeln!(
+            o,
+            "  {:<28} -> slave #{}",
+            r[0].as_str().unwrap_or("?"),
+            r[1]
+        );
+    }
+    for (name, peers) in &s.tunnels {
+        let _ = writeln!(o, "\npeers of {name}:");
+        for p in peers {
+            let rtt = p["rtt_ms"]
+                .as_f64()
+                .map_or("-".to_string(), |r| format!("{r:.2} ms"));
+            let _ = writeln!(
+                o,
+                "  {:<16} {:<5} rtt {:<10} lost {:<6} tx {} pkts, rx {} pkts, spoofed {}, malformed {}",
+                p["name"].as_str().unwrap_or("?"),
+                if p["connected"].as_bool() == Some(true) { "up" } else { "DOWN" },
+                rtt,
+                p["lost_packets"],
+                get(p, &["stats", "tx_packets"]),
+                get(p, &["stats", "rx_packets"]),
+                get(p, &["stats", "spoofed"]),
+                get(p, &["stats", "malformed"]),
+            );
+        }
+    }
+    let _ = writeln!(o, "\ncounters:");
+    if let Some(drops) = s.master["stats"]["drops"].as_object() {
+        for (k, v) in drops {
+            let _ = writeln!(o, "  dropped {k:<18} {v}");
+        }
+    }
+    let _ = writeln!(o, "  icmp sent          {}", s.master["stats"]["icmp_sent"]);
+    let _ = writeln!(o, "  master inbox full  {}", s.master["inbox_full"]);
+    for (k, v) in s.remote.as_object().into_iter().flatten() {
+        let _ = writeln!(o, "  remote {k:<18} {v}");
+    }
+    for (name, g) in &s.gateways {
+        let _ = writeln!(
+            o,
+            "  gateway {name}: tun in {} pkts, tun out {} pkts, link-local {}",
+            g["tun_rx_packets"], g["tun_tx_packets"], g["link_local"]
+        );
+    }
+    Ok(o)
+}
