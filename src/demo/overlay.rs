@@ -191,12 +191,7 @@ impl Overlay {
                 netns::veth(&nat_ns, "in0", &gw_ns, "out0")?;
                 nat_ns.addr("in0", &format!("10.88.{}.1/24", i + 1))?;
                 gw_ns.addr("out0", &format!("10.88.{}.2/24", i + 1))?;
-                gw_ns.route(&[
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.88.{}.1", i + 1),
-                ])?;
+                gw_ns.route(&["add", "default", "via", &format!("10.88.{}.1", i + 1)])?;
                 nat_ns.sysctl("net.ipv4.ip_forward", "1")?;
                 let rules = "table ip on6nat {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"ul0\" masquerade\n }\n chain forward {\n  type filter hook forward priority filter; policy drop;\n  ct state established,related accept\n  iifname \"in0\" oifname \"ul0\" accept\n }\n}\n";
                 let rules_path = dir.join(format!("nat-{}.nft", i + 1));
