@@ -191,12 +191,23 @@ pub async fn read_control(
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(read_error(e)),
     }
     let len = ControlMessage::frame_len(len)?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
+    recv.read_exact(&mut body).await.map_err(read_error)?;
     Ok(Some(ControlMessage::decode(&body)?))
+}
+
+/// Keeps the connection's own error (a refused certificate, a timeout), which
+/// quinn's read error would reduce to "connection lost".
+fn read_error(e: quinn::ReadExactError) -> TransportError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+            TransportError::Connection(c)
+        }
+        other => TransportError::Read(other),
+    }
 }
 
 pub async fn write_control(
