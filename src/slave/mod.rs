@@ -193,7 +193,6 @@ pub async fn connect_remote(
         }
     });
     let ctl_tx = down_tx.clone();
-    let ctl_conn = conn.clone();
     tokio::spawn(async move {
         loop {
             match transport::read_control(&mut recv).await {
