@@ -99,6 +99,25 @@ pub fn measure_pair(ov: &Overlay, a: usize, b: usize, pings: u32, bytes: u64) ->
     }
 }
 
+/// TCP between two sites' namespaces over the bare underlay: the native ceiling.
+pub fn native_baseline(ov: &Overlay, a: usize, b: usize, bytes: u64) -> Result<f64, String> {
+    let dst = overlay::underlay_v6(b);
+    let sink = netns::spawn_sink(
+        ov.sites[b].site_ns.name(),
+        SocketAddrV6::new(dst, 5002, 0, 0),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| e.to_string())?;
+    let target = sink.local_addr();
+    netns::in_netns(ov.sites[a].site_ns.name(), move || {
+        netns::tcp_send(target, bytes, 9, Duration::from_secs(60))
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let got = sink.join().map_err(|e| e.to_string())?;
+    Ok(netns::mbit_per_s(got.bytes, got.elapsed))
+}
+
 pub fn main(args: DemoArgs) -> anyhow::Result<()> {
     if !netns::is_root() {
         anyhow::bail!("on6 demo builds network namespaces and TUN devices: run it as root");
@@ -193,6 +212,15 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let pairs = results.len();
+    if !interrupted() {
+        match native_baseline(&ov, 0, 1, args.bytes.max(1)) {
+            Ok(mbps) => println!(
+                "\nnative underlay, same machine, no tunnel ({} -> {}): {mbps:.0} Mbit/s",
+                ov.sites[0].name, ov.sites[1].name
+            ),
+            Err(e) => println!("\nnative underlay baseline failed: {e}"),
+        }
+    }
     println!(
         "\n{} of {pairs} site pairs reachable with intact TCP data",
         pairs - failures

@@ -103,6 +103,21 @@ fn host_addr(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd6e, 0, i as u16 + 1, 1, 0, 0, 0, 2)
 }
 
+/// Site `i`'s native IPv6 address on the underlay link.
+pub fn underlay_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, i as u16 + 1)
+}
+
+/// A namespace whose links are usable at once: without duplicate address
+/// detection the first packets do not wait seconds for tentative link-locals.
+fn namespace(prefix: &str) -> Result<Netns, OverlayError> {
+    let ns = Netns::create(prefix)?;
+    for scope in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+    }
+    Ok(ns)
+}
+
 fn site_name(i: usize) -> String {
     format!("site-{}", i + 1)
 }
@@ -165,12 +180,14 @@ impl Overlay {
             let ul_ip = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
             issue(&name, Role::Master, &[prefix])?;
 
-            let site_ns = Netns::create(&format!("on6s{}", i + 1))?;
-            let host_ns = Netns::create(&format!("on6h{}", i + 1))?;
+            let site_ns = namespace(&format!("on6s{}", i + 1))?;
+            let host_ns = namespace(&format!("on6h{}", i + 1))?;
             let ul_if = netns::unique_ifname("ul");
             netns::veth(&site_ns, "ul0", &underlay, &ul_if)?;
             underlay.exec(&["ip", "link", "set", &ul_if, "master", "br0"])?;
             site_ns.addr("ul0", &format!("{ul_ip}/24"))?;
+            // An IPv6 address on the underlay too, for a native (no tunnel) baseline.
+            site_ns.addr("ul0", &format!("{}/64", underlay_v6(i)))?;
 
             let remote = opts.remote_gateways.contains(&i);
             let gw_mtu = opts
@@ -182,8 +199,8 @@ impl Overlay {
                 // The gateway runs in its own namespace behind a NAT, dialing its master.
                 let gw_name = format!("{name}-gw");
                 issue(&gw_name, Role::Slave, &[prefix])?;
-                let nat_ns = Netns::create(&format!("on6n{}", i + 1))?;
-                let gw_ns = Netns::create(&format!("on6g{}", i + 1))?;
+                let nat_ns = namespace(&format!("on6n{}", i + 1))?;
+                let gw_ns = namespace(&format!("on6g{}", i + 1))?;
                 let nat_ul = netns::unique_ifname("nu");
                 netns::veth(&nat_ns, "ul0", &underlay, &nat_ul)?;
                 underlay.exec(&["ip", "link", "set", &nat_ul, "master", "br0"])?;
@@ -369,6 +386,30 @@ impl Overlay {
         }
         self.children.retain(|(l, _)| l != label);
         found
+    }
+
+    /// Sends SIGTERM to a process (by label) and waits up to `timeout` for it to exit.
+    pub fn terminate(
+        &mut self,
+        label: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pos = self.children.iter().position(|(l, _)| l == label)?;
+        let (_, mut child) = self.children.remove(pos);
+        // SAFETY: kill(2) on a pid we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
