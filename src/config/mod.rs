@@ -571,3 +571,15 @@ prefixes = ["fd6e:0:b::/48"]
         assert!(e.contains("prefix"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        SiteConfig::load(&root.join("site-a.toml")).unwrap();
+        SlaveFile::load(&root.join("site-a-gw.toml")).unwrap();
+    }
+}
