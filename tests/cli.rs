@@ -179,4 +179,16 @@ fn sigterm_removes_tun_and_status_shows_routes_and_peers() {
         gone,
         "site-2 withdrew site-1's prefix after it shut down",
     );
+
+    // Restarted, site 1 is dialed again (the tunnel re-establishes) and traffic flows.
+    ov.start_site(0, Path::new(env!("CARGO_BIN_EXE_on6")), "info")
+        .expect("restart site-1");
+    ov.wait_ready(Duration::from_secs(20))
+        .expect("site-1 back with its peers");
+    let r = on6::demo::measure_pair(&ov, 1, 0, 3, 1_000_000);
+    common::check(
+        &ov,
+        r.pings_received >= 2 && matches!(r.tcp, Ok((_, true, true))),
+        "traffic flows again after the restart",
+    );
 }
