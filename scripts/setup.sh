@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what on6's demo and tests need on a fresh Debian/Ubuntu machine:
-# iproute2 (namespaces, veth), nftables (NAT and loss emulation), ping for users.
+# iproute2 (namespaces, veth), nftables (NAT and loss emulation), ping for users,
+# Prometheus (the metrics tests run a real server and promtool).
 set -euo pipefail
 need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
+# Prometheus server and promtool: the metrics tests scrape a live overlay with them.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -32,6 +32,7 @@
 //! - [`pki`]: the fleet CA, node certificates with role and prefixes, revocation.
 //! - [`config`]: site and slave TOML files. [`site`]: a site process,
 //!   `run(config, shutdown)`. [`status`]: the admin socket behind `on6 status`.
+//!   [`metrics`]: the only module that knows Prometheus; it renders snapshots.
 //! - [`netns`]: network namespaces and traffic helpers for tests and `on6 demo`
 //!   (privileged OS code, kept in its own corner). [`demo`]: the demo overlay.
 
@@ -39,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod master;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod pki;

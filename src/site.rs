@@ -27,6 +27,8 @@ pub enum SiteError {
     Slave { name: String, source: SlaveError },
     #[error("admin socket: {0}")]
     Admin(std::io::Error),
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
 }
 
 pub fn load_site_credentials(cfg: &SiteConfig) -> Result<Credentials, SiteError> {
@@ -145,6 +147,13 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
     if let Some(path) = &cfg.site.admin_socket {
         let listener = status::bind(path).map_err(SiteError::Admin)?;
         tokio::spawn(status::serve(listener, view.clone()));
+    }
+    if let Some(addr) = cfg.site.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(SiteError::Metrics)?;
+        tokio::spawn(crate::metrics::serve(listener, view.clone()));
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     tracing::info!(site = %cfg.site.name, prefix = %cfg.site.prefix, router = %cfg.router_address(), "site running");
 

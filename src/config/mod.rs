@@ -68,6 +68,8 @@ pub struct Site {
     pub revoked: Option<PathBuf>,
     /// Unix socket serving `on6 status`.
     pub admin_socket: Option<PathBuf>,
+    /// Prometheus `/metrics` listener; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

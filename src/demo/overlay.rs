@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 pub const FLEET_PREFIX: &str = "fd6e::/32";
 pub const TUNNEL_PORT: u16 = 4434;
 pub const MASTER_PORT: u16 = 4433;
+/// Each site serves `/metrics` on this port on its namespace's loopback.
+pub const METRICS_PORT: u16 = 9600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
@@ -265,7 +267,7 @@ impl Overlay {
             };
             let admin_socket = dir.join(format!("{name}.sock"));
             let site_cfg = format!(
-                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}",
+                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:{METRICS_PORT}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}",
                 admin_socket.display(),
                 opts.idle_timeout_ms
             );
