@@ -139,22 +139,17 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
         name: cfg.site.name.clone(),
         identity: creds.identity.clone(),
         started,
-        master: master.clone(),
+        master: Some(master.clone()),
         remote: remote_stats,
         gateways,
         tunnels,
     });
-    if let Some(path) = &cfg.site.admin_socket {
-        let listener = status::bind(path).map_err(SiteError::Admin)?;
-        tokio::spawn(status::serve(listener, view.clone()));
-    }
-    if let Some(addr) = cfg.site.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(SiteError::Metrics)?;
-        tokio::spawn(crate::metrics::serve(listener, view.clone()));
-        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    }
+    observe(
+        &view,
+        cfg.site.admin_socket.as_deref(),
+        cfg.site.metrics_listen,
+    )
+    .await?;
     tracing::info!(site = %cfg.site.name, prefix = %cfg.site.prefix, router = %cfg.router_address(), "site running");
 
     tokio::pin!(shutdown);
@@ -177,6 +172,26 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
     }
     tracing::info!(site = %cfg.site.name, "site stopped");
     result
+}
+
+/// Starts the admin socket and the metrics listener, where configured.
+async fn observe(
+    view: &Arc<status::SiteView>,
+    admin: Option<&std::path::Path>,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(), SiteError> {
+    if let Some(path) = admin {
+        let listener = status::bind(path).map_err(SiteError::Admin)?;
+        tokio::spawn(status::serve(listener, view.clone()));
+    }
+    if let Some(addr) = metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(SiteError::Metrics)?;
+        tokio::spawn(crate::metrics::serve(listener, view.clone()));
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    Ok(())
 }
 
 /// Runs a slave in its own process, attached to its master over QUIC.
@@ -216,7 +231,21 @@ pub async fn run_remote_slave(
         })?;
     tracing::info!(master = %cfg.master.address, "connected to master");
     let stats = Arc::new(GatewayStats::default());
-    gateway::run(gcfg, port, stats, shutdown)
+    let view = Arc::new(status::SiteView {
+        name: creds.identity.name.clone(),
+        identity: creds.identity.clone(),
+        started: std::time::Instant::now(),
+        master: None,
+        remote: Arc::new(RemoteStats::default()),
+        gateways: vec![(name.clone(), stats.clone())],
+        tunnels: vec![],
+    });
+    observe(&view, cfg.admin_socket.as_deref(), cfg.metrics_listen).await?;
+    let result = gateway::run(gcfg, port, stats, shutdown)
         .await
-        .map_err(|source| SiteError::Slave { name, source })
+        .map_err(|source| SiteError::Slave { name, source });
+    if let Some(path) = &cfg.admin_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }

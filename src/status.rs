@@ -18,7 +18,8 @@ pub struct SiteView {
     pub name: String,
     pub identity: NodeIdentity,
     pub started: Instant,
-    pub master: MasterHandle,
+    /// `None` in a slave's own process.
+    pub master: Option<MasterHandle>,
     pub remote: Arc<RemoteStats>,
     pub gateways: Vec<(String, Arc<GatewayStats>)>,
     pub tunnels: Vec<(String, Arc<TunnelShared>)>,
@@ -29,7 +30,7 @@ struct SiteStatusOut<'a> {
     site: &'a str,
     identity: &'a NodeIdentity,
     uptime_seconds: f64,
-    master: MasterSnapshot,
+    master: Option<MasterSnapshot>,
     remote: &'a RemoteStats,
     gateways: Vec<(&'a str, &'a GatewayStats)>,
     tunnels: Vec<(&'a str, Vec<PeerStatus>)>,
@@ -49,7 +50,10 @@ pub struct SiteStatus {
 
 impl SiteView {
     pub async fn to_json(&self) -> Option<String> {
-        let master = self.master.snapshot().await.ok()?;
+        let master = match &self.master {
+            Some(m) => Some(m.snapshot().await.ok()?),
+            None => None,
+        };
         let out = SiteStatusOut {
             site: &self.name,
             identity: &self.identity,

@@ -46,7 +46,9 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[test]
 fn metrics_are_clean_and_move_with_traffic() {
-    let Some(ov) = common::build("metrics_move_with_traffic", common::options(2)) else {
+    let mut opts = common::options(2);
+    opts.remote_gateways = vec![1];
+    let Some(ov) = common::build("metrics_move_with_traffic", opts) else {
         return;
     };
     let before = scrape(&ov, 0);
@@ -113,6 +115,23 @@ fn metrics_are_clean_and_move_with_traffic() {
     assert_eq!(sample(&after, "on6_routes", &["kind=\"gateway\""]), 1.0);
     assert_eq!(sample(&after, "on6_build_info", &[]), 1.0);
     assert!(after.contains("on6_drops_total{reason=\"spoofed_source\"}"));
+
+    // A slave in its own process serves its own metrics.
+    let gw_ns = ov.sites[1]
+        .gateway_ns
+        .as_ref()
+        .map(|g| g.0.name().to_string())
+        .unwrap();
+    let resp = http_get(&gw_ns, METRICS_PORT, "/metrics");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        sample(&resp, "on6_tun_packets_total", &["direction=\"out\""]) >= N as f64,
+        "{resp}"
+    );
+    assert!(
+        sample(&resp, "on6_build_info", &["site=\"site-2-gw\""]) == 1.0,
+        "{resp}"
+    );
 
     let other = http_get(ov.sites[0].site_ns.name(), METRICS_PORT, "/other");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");

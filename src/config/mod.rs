@@ -150,6 +150,10 @@ pub struct SlaveFile {
     #[serde(default = "default_idle_ms")]
     pub idle_timeout_ms: u64,
     pub slave: SlaveSection,
+    /// Unix socket serving `on6 status` for this slave.
+    pub admin_socket: Option<PathBuf>,
+    /// Prometheus `/metrics` listener; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -425,7 +429,10 @@ impl SlaveFile {
         for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
             resolve(base, p);
         }
-        if let Some(p) = &mut cfg.revoked {
+        for p in [&mut cfg.revoked, &mut cfg.admin_socket]
+            .into_iter()
+            .flatten()
+        {
             resolve(base, p);
         }
         let c = Check { path: &cfg.path };

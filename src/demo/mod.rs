@@ -27,6 +27,10 @@ pub struct DemoArgs {
     /// Run one site's gateway as a remote slave behind a NAT (1-based site number).
     #[arg(long)]
     pub remote_gateway: Option<usize>,
+    /// Expose every site's /metrics to this machine's root namespace and print
+    /// a Prometheus scrape config for them (use with --keep).
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -135,6 +139,7 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         opts.remote_gateways.push(r - 1);
     }
     opts.log = "warn".into();
+    opts.expose_metrics = args.metrics;
     println!(
         "building {} sites in network namespaces (fresh CA, one host behind each gateway)...",
         args.sites
@@ -162,6 +167,17 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
+
+    if args.metrics {
+        let scrape = overlay::scrape_config(&ov.sites, "5s");
+        let path = ov.dir.join("prometheus.yml");
+        std::fs::write(&path, &scrape)?;
+        println!("every site's metrics are reachable from this namespace; Prometheus scrape config ({}):\n\n{scrape}", path.display());
+        println!(
+            "  prometheus --config.file={}   # then load grafana/ dashboards\n",
+            path.display()
+        );
+    }
 
     let mut results = Vec::new();
     let n = ov.sites.len();

@@ -58,6 +58,9 @@ pub struct OverlayOptions {
     /// Extra config lines appended to each site's `[master]` section.
     pub idle_timeout_ms: u64,
     pub log: String,
+    /// Give the root namespace a management link into every site namespace,
+    /// so a Prometheus there can scrape each site's metrics.
+    pub expose_metrics: bool,
 }
 
 impl OverlayOptions {
@@ -69,6 +72,7 @@ impl OverlayOptions {
             gateway_mtu: vec![],
             idle_timeout_ms: 3000,
             log: "info".into(),
+            expose_metrics: false,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct SiteHandle {
     pub log: PathBuf,
     pub site_ns: Netns,
     pub host_ns: Netns,
+    /// The site's metrics as reachable from the root namespace (with `expose_metrics`).
+    pub metrics_target: Option<std::net::SocketAddrV4>,
     /// For a remote gateway: its namespace, the NAT in front of it, its log.
     pub gateway_ns: Option<(Netns, Netns, PathBuf)>,
 }
@@ -118,6 +124,61 @@ fn namespace(prefix: &str) -> Result<Netns, OverlayError> {
         ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
     }
     Ok(ns)
+}
+
+fn root_ip(args: &[&str]) -> Result<(), OverlayError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(io("running ip"))?;
+    if !out.status.success() {
+        return Err(OverlayError::NotReady(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// A veth from the root namespace into a site namespace (10.234.SUBNET.4i+1/30
+/// root side, .4i+2 site side); it disappears with the site namespace.
+fn management_link(
+    site_ns: &Netns,
+    subnet: u8,
+    i: usize,
+) -> Result<std::net::SocketAddrV4, OverlayError> {
+    let root = Ipv4Addr::new(10, 234, subnet, 4 * i as u8 + 1);
+    let site = Ipv4Addr::new(10, 234, subnet, 4 * i as u8 + 2);
+    let root_if = netns::unique_ifname("m");
+    root_ip(&[
+        "link",
+        "add",
+        &root_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "mgmt0",
+        "netns",
+        site_ns.name(),
+    ])?;
+    root_ip(&["addr", "add", &format!("{root}/30"), "dev", &root_if])?;
+    root_ip(&["link", "set", &root_if, "up"])?;
+    site_ns.addr("mgmt0", &format!("{site}/30"))?;
+    site_ns.link_up("mgmt0")?;
+    Ok(std::net::SocketAddrV4::new(site, METRICS_PORT))
+}
+
+/// A Prometheus scrape config for every site's metrics (with `expose_metrics`).
+pub fn scrape_config(sites: &[SiteHandle], interval: &str) -> String {
+    let mut out = format!("global:\n  scrape_interval: {interval}\nscrape_configs:\n  - job_name: on6\n    static_configs:\n");
+    for s in sites {
+        if let Some(t) = s.metrics_target {
+            out.push_str(&format!("      - targets: ['{t}']\n"));
+        }
+    }
+    out
 }
 
 fn site_name(i: usize) -> String {
@@ -174,6 +235,11 @@ impl Overlay {
         underlay.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         underlay.exec(&["ip", "link", "set", "br0", "up"])?;
         let fleet: Ipv6Net = FLEET_PREFIX.parse().unwrap_or_default();
+        let mgmt_subnet = {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ((std::process::id() + n) % 250 + 1) as u8
+        };
 
         for i in 0..opts.sites {
             let name = site_name(i);
@@ -218,7 +284,7 @@ impl Overlay {
                 nat_ns.exec(&["nft", "-f", &rules_path.to_string_lossy()])?;
 
                 let slave_cfg = format!(
-                    "ca = \"ca.pem\"\ncert = \"{gw_name}.pem\"\nkey = \"{gw_name}.key\"\nidle_timeout_ms = {idle}\n\n[master]\naddress = \"{ul_ip}:{MASTER_PORT}\"\nname = \"{name}\"\n\n[slave]\nkind = \"gateway\"\nprefix = \"{prefix}\"\nroutes = [\"{fleet}\"]\n{mtu}",
+                    "ca = \"ca.pem\"\ncert = \"{gw_name}.pem\"\nkey = \"{gw_name}.key\"\nidle_timeout_ms = {idle}\nmetrics_listen = \"0.0.0.0:{METRICS_PORT}\"\nadmin_socket = \"{gw_name}.sock\"\n\n[master]\naddress = \"{ul_ip}:{MASTER_PORT}\"\nname = \"{name}\"\n\n[slave]\nkind = \"gateway\"\nprefix = \"{prefix}\"\nroutes = [\"{fleet}\"]\n{mtu}",
                     idle = opts.idle_timeout_ms,
                     mtu = gw_mtu.map_or(String::new(), |m| format!("mtu = {m}\n")),
                 );
@@ -267,10 +333,15 @@ impl Overlay {
             };
             let admin_socket = dir.join(format!("{name}.sock"));
             let site_cfg = format!(
-                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\nmetrics_listen = \"127.0.0.1:{METRICS_PORT}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}",
+                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\nmetrics_listen = \"0.0.0.0:{METRICS_PORT}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}",
                 admin_socket.display(),
                 opts.idle_timeout_ms
             );
+            let metrics_target = if opts.expose_metrics {
+                Some(management_link(&site_ns, mgmt_subnet, i)?)
+            } else {
+                None
+            };
             let config = dir.join(format!("{name}.toml"));
             std::fs::write(&config, site_cfg).map_err(io("writing site config"))?;
             let log = dir.join(format!("{name}.log"));
@@ -287,6 +358,7 @@ impl Overlay {
                 site_ns,
                 host_ns,
                 gateway_ns: host_net_ns,
+                metrics_target,
             });
         }
         std::fs::write(dir.join("revoked.txt"), "# revoked serials\n")

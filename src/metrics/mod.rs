@@ -3,6 +3,7 @@
 //! registry. Labels are bounded: slave and peer names from config or
 //! certificates, kinds, directions and drop reasons, never addresses.
 
+use crate::master::driver::MasterSnapshot;
 use crate::master::DropReason;
 use crate::status::SiteView;
 use prometheus::{
@@ -36,9 +37,12 @@ fn gauge(
 
 /// Renders the site's metrics in the Prometheus text format.
 pub async fn render(view: &SiteView, start_time: f64) -> Option<String> {
-    let snap = view.master.snapshot().await.ok()?;
+    let snap = match &view.master {
+        Some(m) => Some(m.snapshot().await.ok()?),
+        None => None,
+    };
     let reg = Registry::new();
-    build(&reg, view, &snap, start_time).ok()?;
+    build(&reg, view, snap.as_ref(), start_time).ok()?;
     let mut out = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut out).ok()?;
     String::from_utf8(out).ok()
@@ -47,7 +51,7 @@ pub async fn render(view: &SiteView, start_time: f64) -> Option<String> {
 fn build(
     reg: &Registry,
     view: &SiteView,
-    snap: &crate::master::driver::MasterSnapshot,
+    snap: Option<&MasterSnapshot>,
     start_time: f64,
 ) -> prometheus::Result<()> {
     let info = gauge(
@@ -65,86 +69,9 @@ fn build(
     start.set(start_time);
     reg.register(Box::new(start))?;
 
-    let packets = counter(
-        reg,
-        "on6_slave_packets_total",
-        "Packets between the master and each slave; in = from the slave.",
-        &["slave", "kind", "direction"],
-    )?;
-    let bytes = counter(
-        reg,
-        "on6_slave_bytes_total",
-        "Bytes between the master and each slave; in = from the slave.",
-        &["slave", "kind", "direction"],
-    )?;
-    let sessions = gauge(
-        reg,
-        "on6_slave_sessions",
-        "Slave sessions up, by kind and attachment.",
-        &["kind", "attach"],
-    )?;
-    let routes = gauge(
-        reg,
-        "on6_routes",
-        "Routes installed in the master, by slave kind.",
-        &["kind"],
-    )?;
-    for s in &snap.slaves {
-        let kind = s.kind.map_or("unannounced", |k| k.as_str());
-        let attach = if s.session.remote {
-            "remote"
-        } else {
-            "in_process"
-        };
-        sessions.with_label_values(&[kind, attach]).inc();
-        routes
-            .with_label_values(&[kind])
-            .add(s.prefixes.len() as i64);
-        packets
-            .with_label_values(&[&s.name, kind, "in"])
-            .inc_by(s.stats.rx_packets);
-        packets
-            .with_label_values(&[&s.name, kind, "out"])
-            .inc_by(s.stats.tx_packets);
-        bytes
-            .with_label_values(&[&s.name, kind, "in"])
-            .inc_by(s.stats.rx_bytes);
-        bytes
-            .with_label_values(&[&s.name, kind, "out"])
-            .inc_by(s.stats.tx_bytes);
+    if let Some(snap) = snap {
+        master_metrics(reg, view, snap)?;
     }
-    let drops = counter(
-        reg,
-        "on6_drops_total",
-        "Packets dropped or refused by the master, by reason.",
-        &["reason"],
-    )?;
-    for r in DropReason::ALL {
-        drops
-            .with_label_values(&[r.as_str()])
-            .inc_by(snap.stats.drops.get(r.as_str()).copied().unwrap_or(0));
-    }
-    drops
-        .with_label_values(&["inbox_full"])
-        .inc_by(snap.inbox_full);
-    let icmp = counter(
-        reg,
-        "on6_icmp_sent_total",
-        "ICMPv6 messages the master originated.",
-        &[],
-    )?;
-    icmp.with_label_values(&[] as &[&str])
-        .inc_by(snap.stats.icmp_sent);
-    let control = counter(
-        reg,
-        "on6_control_errors_total",
-        "Malformed or out-of-order control messages from slaves.",
-        &[],
-    )?;
-    control
-        .with_label_values(&[] as &[&str])
-        .inc_by(snap.stats.control_errors + view.remote.control_errors.load(Ordering::Relaxed));
-
     let handshakes = counter(
         reg,
         "on6_quic_handshakes_total",
@@ -284,6 +211,94 @@ fn build(
             .with_label_values(&[name])
             .inc_by(g.link_local.load(Ordering::Relaxed));
     }
+    Ok(())
+}
+
+fn master_metrics(
+    reg: &Registry,
+    view: &SiteView,
+    snap: &MasterSnapshot,
+) -> prometheus::Result<()> {
+    let packets = counter(
+        reg,
+        "on6_slave_packets_total",
+        "Packets between the master and each slave; in = from the slave.",
+        &["slave", "kind", "direction"],
+    )?;
+    let bytes = counter(
+        reg,
+        "on6_slave_bytes_total",
+        "Bytes between the master and each slave; in = from the slave.",
+        &["slave", "kind", "direction"],
+    )?;
+    let sessions = gauge(
+        reg,
+        "on6_slave_sessions",
+        "Slave sessions up, by kind and attachment.",
+        &["kind", "attach"],
+    )?;
+    let routes = gauge(
+        reg,
+        "on6_routes",
+        "Routes installed in the master, by slave kind.",
+        &["kind"],
+    )?;
+    for s in &snap.slaves {
+        let kind = s.kind.map_or("unannounced", |k| k.as_str());
+        let attach = if s.session.remote {
+            "remote"
+        } else {
+            "in_process"
+        };
+        sessions.with_label_values(&[kind, attach]).inc();
+        routes
+            .with_label_values(&[kind])
+            .add(s.prefixes.len() as i64);
+        packets
+            .with_label_values(&[&s.name, kind, "in"])
+            .inc_by(s.stats.rx_packets);
+        packets
+            .with_label_values(&[&s.name, kind, "out"])
+            .inc_by(s.stats.tx_packets);
+        bytes
+            .with_label_values(&[&s.name, kind, "in"])
+            .inc_by(s.stats.rx_bytes);
+        bytes
+            .with_label_values(&[&s.name, kind, "out"])
+            .inc_by(s.stats.tx_bytes);
+    }
+    let drops = counter(
+        reg,
+        "on6_drops_total",
+        "Packets dropped or refused by the master, by reason.",
+        &["reason"],
+    )?;
+    for r in DropReason::ALL {
+        drops
+            .with_label_values(&[r.as_str()])
+            .inc_by(snap.stats.drops.get(r.as_str()).copied().unwrap_or(0));
+    }
+    drops
+        .with_label_values(&["inbox_full"])
+        .inc_by(snap.inbox_full);
+    let icmp = counter(
+        reg,
+        "on6_icmp_sent_total",
+        "ICMPv6 messages the master originated.",
+        &[],
+    )?;
+    icmp.with_label_values(&[] as &[&str])
+        .inc_by(snap.stats.icmp_sent);
+    let control = counter(
+        reg,
+        "on6_control_errors_total",
+        "Malformed or out-of-order control messages from slaves.",
+        &[],
+    )?;
+    control
+        .with_label_values(&[] as &[&str])
+        .inc_by(snap.stats.control_errors + view.remote.control_errors.load(Ordering::Relaxed));
+
     Ok(())
 }
 
