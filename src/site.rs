@@ -6,6 +6,7 @@ use crate::master::driver;
 use crate::master::remote::{self, Admission, RemoteStats};
 use crate::master::Master;
 use crate::pki::{Credentials, PkiError, Role};
+use crate::slave::dht::{self, DhtShared};
 use crate::slave::gateway::{self, GatewayStats};
 use crate::slave::tunnel::{self, TunnelShared};
 use crate::slave::{self, SlaveError};
@@ -96,6 +97,7 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
     let mut slaves = tokio::task::JoinSet::new();
     let mut gateways = Vec::new();
     let mut tunnels = Vec::new();
+    let mut dhts = Vec::new();
     for (i, section) in cfg.slaves.iter().enumerate() {
         match section {
             SlaveSection::Gateway(g) => {
@@ -115,6 +117,21 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
                 let stop = stopped(stop_rx.clone());
                 let name = gcfg.name.clone();
                 slaves.spawn(async move { (name, gateway::run(gcfg, port, stats, stop).await) });
+            }
+            SlaveSection::Dht(d) => {
+                let dcfg = d.resolve(&format!("{}-dht{i}", cfg.site.name), cfg.site.prefix, opts);
+                let port = slave::attach_local(&master, &dcfg.name, d.space.clone())
+                    .await
+                    .map_err(|source| SiteError::Slave {
+                        name: dcfg.name.clone(),
+                        source,
+                    })?;
+                let shared = Arc::new(DhtShared::default());
+                dhts.push((dcfg.name.clone(), shared.clone()));
+                let stop = stopped(stop_rx.clone());
+                let (name, creds) = (dcfg.name.clone(), creds.clone());
+                slaves
+                    .spawn(async move { (name, dht::run(dcfg, creds, port, shared, stop).await) });
             }
             SlaveSection::Tunnel(t) => {
                 let tcfg = t.resolve(&format!("{}-tunnel{i}", cfg.site.name), opts);
@@ -143,6 +160,7 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
         remote: remote_stats,
         gateways,
         tunnels,
+        dhts,
     });
     observe(
         &view,
@@ -239,6 +257,7 @@ pub async fn run_remote_slave(
         remote: Arc::new(RemoteStats::default()),
         gateways: vec![(name.clone(), stats.clone())],
         tunnels: vec![],
+        dhts: vec![],
     });
     observe(&view, cfg.admin_socket.as_deref(), cfg.metrics_listen).await?;
     let result = gateway::run(gcfg, port, stats, shutdown)

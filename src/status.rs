@@ -5,6 +5,7 @@
 use crate::master::driver::{MasterHandle, MasterSnapshot};
 use crate::master::remote::RemoteStats;
 use crate::pki::NodeIdentity;
+use crate::slave::dht::{DhtShared, DhtStatus};
 use crate::slave::gateway::GatewayStats;
 use crate::slave::tunnel::{PeerStatus, TunnelShared};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ pub struct SiteView {
     pub remote: Arc<RemoteStats>,
     pub gateways: Vec<(String, Arc<GatewayStats>)>,
     pub tunnels: Vec<(String, Arc<TunnelShared>)>,
+    pub dhts: Vec<(String, Arc<DhtShared>)>,
 }
 
 #[derive(Serialize)]
@@ -34,6 +36,35 @@ struct SiteStatusOut<'a> {
     remote: &'a RemoteStats,
     gateways: Vec<(&'a str, &'a GatewayStats)>,
     tunnels: Vec<(&'a str, Vec<PeerStatus>)>,
+    dhts: Vec<(&'a str, DhtView)>,
+}
+
+#[derive(Serialize)]
+struct DhtView {
+    status: DhtStatus,
+    tx_packets: u64,
+    rx_packets: u64,
+    spoofed: u64,
+    malformed: u64,
+    not_mine_sent: u64,
+    not_mine_received: u64,
+    unreachable: u64,
+}
+
+impl DhtView {
+    fn of(d: &DhtShared) -> Self {
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        DhtView {
+            status: d.status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            tx_packets: l(&d.tx_packets),
+            rx_packets: l(&d.rx_packets),
+            spoofed: l(&d.spoofed),
+            malformed: l(&d.malformed),
+            not_mine_sent: l(&d.not_mine_sent),
+            not_mine_received: l(&d.not_mine_received),
+            unreachable: l(&d.unreachable),
+        }
+    }
 }
 
 /// The status JSON as a client reads it back.
@@ -46,6 +77,8 @@ pub struct SiteStatus {
     pub remote: serde_json::Value,
     pub gateways: Vec<(String, serde_json::Value)>,
     pub tunnels: Vec<(String, Vec<serde_json::Value>)>,
+    #[serde(default)]
+    pub dhts: Vec<(String, serde_json::Value)>,
 }
 
 impl SiteView {
@@ -69,6 +102,11 @@ impl SiteView {
                 .tunnels
                 .iter()
                 .map(|(n, t)| (n.as_str(), t.status()))
+                .collect(),
+            dhts: self
+                .dhts
+                .iter()
+                .map(|(n, d)| (n.as_str(), DhtView::of(d)))
                 .collect(),
         };
         serde_json::to_string_pretty(&out).ok()
@@ -181,6 +219,21 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
                 get(p, &["stats", "malformed"]),
             );
         }
+    }
+    for (name, d) in &s.dhts {
+        let st = &d["status"];
+        let _ = writeln!(
+            o,
+            "\nDHT {name}: {} peers, {} records held, serving {}",
+            st["p2p"]["peers"], st["p2p"]["records_held"], st["served"]
+        );
+        let r = &st["resolver"];
+        let _ = writeln!(
+            o,
+            "  lookups: {} found, {} not found, {} cached hits, {} cached misses, {} gets, {} queue drops; tunnel tx {} rx {} pkts, not-mine sent {} received {}",
+            r["hits"], r["misses"], r["cached_hits"], r["cached_misses"], r["gets_issued"], r["queue_drops"],
+            d["tx_packets"], d["rx_packets"], d["not_mine_sent"], d["not_mine_received"]
+        );
     }
     let _ = writeln!(o, "\ncounters:");
     if let Some(drops) = s.master["stats"]["drops"].as_object() {

@@ -100,6 +100,61 @@ impl Default for MasterSection {
 pub enum SlaveSection {
     Gateway(GatewaySection),
     Tunnel(TunnelSection),
+    Dht(DhtSection),
+}
+
+fn default_lengths() -> Vec<u8> {
+    vec![0, 32, 40, 48, 56, 64]
+}
+fn default_hit_ttl_ms() -> u64 {
+    60_000
+}
+fn default_miss_ttl_ms() -> u64 {
+    5_000
+}
+fn default_record_ttl_s() -> u64 {
+    300
+}
+fn default_republish_s() -> u64 {
+    60
+}
+fn default_mode() -> String {
+    "fast".into()
+}
+
+/// A DHT slave: self-organizing mapping of prefixes to sites (libp2p Kademlia).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhtSection {
+    pub name: Option<String>,
+    /// QUIC listener for packets from other sites.
+    pub listen: SocketAddr,
+    /// The endpoint other sites should use (behind a port forward, say); defaults to `listen`.
+    pub advertise: Option<SocketAddr>,
+    /// libp2p (TCP) listener of the Kademlia node.
+    pub p2p_listen: SocketAddr,
+    /// libp2p addresses (ip:port) of one or two other DHT slaves.
+    #[serde(default)]
+    pub bootstrap: Vec<SocketAddr>,
+    /// The address space this slave resolves; announced to the master.
+    pub space: Vec<Ipv6Net>,
+    /// Extra prefixes to publish besides those of the site's gateways.
+    #[serde(default)]
+    pub serve: Vec<Ipv6Net>,
+    /// "fast" (parallel gets over `lengths`) or "reference" (the paper's bit-clearing walk).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Aggregation prefix lengths the fleet uses (fast mode).
+    #[serde(default = "default_lengths")]
+    pub lengths: Vec<u8>,
+    #[serde(default = "default_hit_ttl_ms")]
+    pub hit_ttl_ms: u64,
+    #[serde(default = "default_miss_ttl_ms")]
+    pub miss_ttl_ms: u64,
+    #[serde(default = "default_record_ttl_s")]
+    pub record_ttl_s: u64,
+    #[serde(default = "default_republish_s")]
+    pub republish_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,6 +372,38 @@ impl SiteConfig {
                     }
                     tuns.push(g.tun.clone());
                 }
+                SlaveSection::Dht(d) => {
+                    if d.space.is_empty() {
+                        return Err(c.fail(
+                            format!("{key}.space"),
+                            "a DHT slave needs the address space it resolves",
+                        ));
+                    }
+                    if !matches!(d.mode.as_str(), "fast" | "reference") {
+                        return Err(c.fail(
+                            format!("{key}.mode"),
+                            format!("{:?} is neither \"fast\" nor \"reference\"", d.mode),
+                        ));
+                    }
+                    if d.lengths.is_empty() || d.lengths.iter().any(|l| *l > 128) {
+                        return Err(c.fail(
+                            format!("{key}.lengths"),
+                            "give one or more prefix lengths in 0..=128",
+                        ));
+                    }
+                    if d.republish_s == 0 || d.republish_s * 2 > d.record_ttl_s {
+                        return Err(c.fail(
+                            format!("{key}.republish_s"),
+                            "republish at most every half record lifetime, and not 0",
+                        ));
+                    }
+                    if !d.p2p_listen.is_ipv4() || d.bootstrap.iter().any(|b| !b.is_ipv4()) {
+                        return Err(c.fail(
+                            format!("{key}.p2p_listen"),
+                            "the DHT runs over IPv4 (the underlay)",
+                        ));
+                    }
+                }
                 SlaveSection::Tunnel(t) => {
                     for (j, p) in t.peers.iter().enumerate() {
                         c.name(&format!("{key}.peer[{j}].name"), &p.name)?;
@@ -421,6 +508,48 @@ impl TunnelSection {
     }
 }
 
+impl DhtSection {
+    pub fn resolve(
+        &self,
+        default_name: &str,
+        site_prefix: Ipv6Net,
+        transport: TransportOptions,
+    ) -> crate::slave::dht::DhtConfig {
+        use crate::slave::dht::resolve::{Mode, ResolverConfig};
+        let mode = if self.mode == "reference" {
+            Mode::Reference
+        } else {
+            Mode::Fast {
+                lengths: self.lengths.clone(),
+            }
+        };
+        let mut serve = self.serve.clone();
+        serve.push(site_prefix);
+        crate::slave::dht::DhtConfig {
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name.to_string()),
+            listen: self.listen,
+            advertise: self.advertise.unwrap_or(self.listen),
+            p2p_listen: self.p2p_listen,
+            bootstrap: self.bootstrap.clone(),
+            space: self.space.clone(),
+            serve,
+            resolver: ResolverConfig {
+                mode,
+                hit_ttl: Duration::from_millis(self.hit_ttl_ms),
+                miss_ttl: Duration::from_millis(self.miss_ttl_ms),
+                ..ResolverConfig::default()
+            },
+            record_ttl: Duration::from_secs(self.record_ttl_s),
+            republish: Duration::from_secs(self.republish_s),
+            idle_close: Duration::from_secs(120),
+            transport,
+        }
+    }
+}
+
 impl SlaveFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut cfg: SlaveFile = read_toml(path)?;
@@ -447,10 +576,10 @@ impl SlaveFile {
                     c.gateway("slave", g, p)?;
                 }
             }
-            SlaveSection::Tunnel(_) => {
+            SlaveSection::Tunnel(_) | SlaveSection::Dht(_) => {
                 return Err(c.fail(
                     "slave.kind",
-                    "a tunnel slave runs inside its site's process",
+                    "tunnel and DHT slaves run inside their site's process",
                 ))
             }
         }

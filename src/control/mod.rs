@@ -97,6 +97,10 @@ pub enum ControlMessage {
     Error {
         reason: String,
     },
+    /// Master to DHT slaves: the prefixes this site's gateways serve now.
+    Served {
+        prefixes: Vec<Ipv6Net>,
+    },
 }
 
 const T_HELLO: u8 = 1;
@@ -105,6 +109,7 @@ const T_REFUSED: u8 = 3;
 const T_ANNOUNCE: u8 = 4;
 const T_WITHDRAW: u8 = 5;
 const T_ERROR: u8 = 6;
+const T_SERVED: u8 = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -182,6 +187,10 @@ impl ControlMessage {
                 out.push(T_ERROR);
                 put_str(out, reason);
             }
+            ControlMessage::Served { prefixes } => {
+                out.push(T_SERVED);
+                put_prefixes(out, prefixes);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -257,6 +266,9 @@ impl ControlMessage {
             },
             T_ERROR => ControlMessage::Error {
                 reason: r.string()?,
+            },
+            T_SERVED => ControlMessage::Served {
+                prefixes: r.prefixes()?,
             },
             ty => return Err(ControlError::UnknownType { ty }),
         };

@@ -31,6 +31,12 @@ pub struct DemoArgs {
     /// a Prometheus scrape config for them (use with --keep).
     #[arg(long)]
     pub metrics: bool,
+    /// Let sites find each other through DHT slaves (libp2p Kademlia) instead of static tunnels.
+    #[arg(long)]
+    pub dht: bool,
+    /// With --dht: resolve with the paper's bit-clearing walk instead of the fast mode.
+    #[arg(long, requires = "dht")]
+    pub reference: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -140,6 +146,11 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
     }
     opts.log = "warn".into();
     opts.expose_metrics = args.metrics;
+    if args.dht {
+        opts.routing = overlay::Routing::Dht {
+            reference: args.reference,
+        };
+    }
     println!(
         "building {} sites in network namespaces (fresh CA, one host behind each gateway)...",
         args.sites

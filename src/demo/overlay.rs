@@ -61,7 +61,25 @@ pub struct OverlayOptions {
     /// Give the root namespace a management link into every site namespace,
     /// so a Prometheus there can scrape each site's metrics.
     pub expose_metrics: bool,
+    /// How sites find each other: static tunnels, or DHT slaves.
+    pub routing: Routing,
+    /// Add a mobile network (its own gateway process) attached first to this site.
+    pub mobile: Option<usize>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Every site has a static tunnel to every other site.
+    Static,
+    /// Every site runs a DHT slave bootstrapped from one other site only.
+    Dht { reference: bool },
+}
+
+pub const DHT_PORT: u16 = 4435;
+pub const P2P_PORT: u16 = 4436;
+/// The mobile network's prefix; every site's certificate may serve it.
+pub const MOBILE_PREFIX: &str = "fd6e:0:99::/48";
+pub const MOBILE_HOST: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0, 0x99, 1, 0, 0, 0, 2);
 
 impl OverlayOptions {
     pub fn new(sites: usize, bin: impl Into<PathBuf>) -> Self {
@@ -73,6 +91,8 @@ impl OverlayOptions {
             idle_timeout_ms: 3000,
             log: "info".into(),
             expose_metrics: false,
+            routing: Routing::Static,
+            mobile: None,
         }
     }
 }
@@ -95,9 +115,20 @@ pub struct SiteHandle {
     pub gateway_ns: Option<(Netns, Netns, PathBuf)>,
 }
 
+/// The mobile network: a gateway in its own namespace with a host behind it,
+/// attached to whichever site's master it is told.
+pub struct MobileHandle {
+    pub gateway_ns: Netns,
+    pub host_ns: Netns,
+    pub at: usize,
+    pub log: PathBuf,
+}
+
 pub struct Overlay {
     pub dir: PathBuf,
     pub sites: Vec<SiteHandle>,
+    pub mobile: Option<MobileHandle>,
+    routing: Routing,
     children: Vec<(String, Child)>,
     underlay: Option<Netns>,
     keep_dir: bool,
@@ -196,6 +227,8 @@ impl Overlay {
         let mut overlay = Overlay {
             dir: dir.clone(),
             sites: vec![],
+            mobile: None,
+            routing: opts.routing,
             children: vec![],
             underlay: None,
             keep_dir: false,
@@ -246,7 +279,11 @@ impl Overlay {
             let prefix = site_prefix(i);
             let router = Ipv6Addr::from(u128::from(prefix.network()) + 1);
             let ul_ip = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
-            issue(&name, Role::Master, &[prefix])?;
+            let mut site_prefixes = vec![prefix];
+            if opts.mobile.is_some() {
+                site_prefixes.push(MOBILE_PREFIX.parse().unwrap_or_default());
+            }
+            issue(&name, Role::Master, &site_prefixes)?;
 
             let site_ns = namespace(&format!("on6s{}", i + 1))?;
             let host_ns = namespace(&format!("on6h{}", i + 1))?;
@@ -314,15 +351,29 @@ impl Overlay {
             ])?;
             site_ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
 
-            let mut peers = String::new();
-            for j in (0..opts.sites).filter(|j| *j != i) {
-                peers.push_str(&format!(
-                    "\n[[slave.peer]]\nname = \"{}\"\nendpoint = \"10.77.0.{}:{TUNNEL_PORT}\"\nprefixes = [\"{}\"]\n",
-                    site_name(j),
-                    j + 1,
-                    site_prefix(j)
-                ));
-            }
+            let routing = match opts.routing {
+                Routing::Static => {
+                    let mut peers = String::new();
+                    for j in (0..opts.sites).filter(|j| *j != i) {
+                        peers.push_str(&format!(
+                            "\n[[slave.peer]]\nname = \"{}\"\nendpoint = \"10.77.0.{}:{TUNNEL_PORT}\"\nprefixes = [\"{}\"]\n",
+                            site_name(j),
+                            j + 1,
+                            site_prefix(j)
+                        ));
+                    }
+                    format!("\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}")
+                }
+                Routing::Dht { reference } => {
+                    // One bootstrap peer only: the previous site (the first site bootstraps from the second).
+                    let boot = if i == 0 { 1 } else { i - 1 };
+                    format!(
+                        "\n[[slave]]\nkind = \"dht\"\nlisten = \"{ul_ip}:{DHT_PORT}\"\np2p_listen = \"{ul_ip}:{P2P_PORT}\"\nbootstrap = [\"10.77.0.{}:{P2P_PORT}\"]\nspace = [\"{fleet}\"]\nmode = \"{}\"\n",
+                        boot + 1,
+                        if reference { "reference" } else { "fast" }
+                    )
+                }
+            };
             let gateway = if remote {
                 String::new()
             } else {
@@ -333,7 +384,7 @@ impl Overlay {
             };
             let admin_socket = dir.join(format!("{name}.sock"));
             let site_cfg = format!(
-                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\nmetrics_listen = \"0.0.0.0:{METRICS_PORT}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}",
+                "[site]\nname = \"{name}\"\nprefix = \"{prefix}\"\nca = \"ca.pem\"\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\nrevoked = \"revoked.txt\"\nadmin_socket = \"{}\"\nmetrics_listen = \"0.0.0.0:{METRICS_PORT}\"\n\n[master]\nlisten = \"{ul_ip}:{MASTER_PORT}\"\nidle_timeout_ms = {}\n{gateway}{routing}",
                 admin_socket.display(),
                 opts.idle_timeout_ms
             );
@@ -363,6 +414,30 @@ impl Overlay {
         }
         std::fs::write(dir.join("revoked.txt"), "# revoked serials\n")
             .map_err(io("writing revocation list"))?;
+        if let Some(at) = opts.mobile {
+            issue(
+                "mobile-gw",
+                Role::Slave,
+                &[MOBILE_PREFIX.parse().unwrap_or_default()],
+            )?;
+            let gw = namespace("on6mg")?;
+            let host = namespace("on6mh")?;
+            let ul = netns::unique_ifname("mu");
+            netns::veth(&gw, "ul0", &underlay, &ul)?;
+            underlay.exec(&["ip", "link", "set", &ul, "master", "br0"])?;
+            gw.addr("ul0", "10.77.0.200/24")?;
+            netns::veth(&gw, "lan0", &host, "eth0")?;
+            gw.addr("lan0", "fd6e:0:99:1::1/64")?;
+            host.addr("eth0", &format!("{MOBILE_HOST}/64"))?;
+            host.route(&["add", "default", "via", "fd6e:0:99:1::1"])?;
+            gw.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            self.mobile = Some(MobileHandle {
+                gateway_ns: gw,
+                host_ns: host,
+                at,
+                log: dir.join("mobile-gw.log"),
+            });
+        }
         self.underlay = Some(underlay);
 
         for i in 0..self.sites.len() {
@@ -372,6 +447,9 @@ impl Overlay {
             if self.sites[i].gateway_ns.is_some() {
                 self.start_remote_gateway(i, &opts.bin, &opts.log)?;
             }
+        }
+        if let Some(at) = opts.mobile {
+            self.start_mobile(at, &opts.bin, &opts.log)?;
         }
         self.wait_ready(Duration::from_secs(30))
     }
@@ -449,6 +527,46 @@ impl Overlay {
         )
     }
 
+    /// Starts the mobile network's gateway attached to site `at`'s master.
+    pub fn start_mobile(&mut self, at: usize, bin: &Path, level: &str) -> Result<(), OverlayError> {
+        let Some(m) = &mut self.mobile else {
+            return Ok(());
+        };
+        m.at = at;
+        let cfg = format!(
+            "ca = \"ca.pem\"\ncert = \"mobile-gw.pem\"\nkey = \"mobile-gw.key\"\n\n[master]\naddress = \"10.77.0.{}:{MASTER_PORT}\"\nname = \"{}\"\n\n[slave]\nkind = \"gateway\"\nprefix = \"{MOBILE_PREFIX}\"\nroutes = [\"{FLEET_PREFIX}\"]\n",
+            at + 1,
+            site_name(at)
+        );
+        let path = self.dir.join("mobile-gw.toml");
+        std::fs::write(&path, cfg).map_err(io("writing the mobile gateway config"))?;
+        let (ns, log) = (m.gateway_ns.name().to_string(), m.log.clone());
+        self.spawn_in(
+            "mobile".into(),
+            &ns,
+            bin,
+            &["slave", &path.to_string_lossy()],
+            &log,
+            level,
+        )
+    }
+
+    /// Moves the mobile network to site `to`: its gateway process dies
+    /// (SIGKILL, no goodbye) and a new one attaches to the other master.
+    pub fn move_mobile(&mut self, to: usize, bin: &Path, level: &str) -> Result<(), OverlayError> {
+        self.kill("mobile");
+        self.start_mobile(to, bin, level)
+    }
+
+    /// Whether site `i`'s master has a route for `prefix`.
+    pub fn has_route(&self, i: usize, prefix: &str) -> bool {
+        self.status(i).is_some_and(|st| {
+            st["master"]["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r[0] == prefix))
+        })
+    }
+
     /// Kills a process (site or remote gateway, by label) with SIGKILL: no goodbye to its peers.
     pub fn kill(&mut self, label: &str) -> bool {
         let mut found = false;
@@ -501,6 +619,24 @@ impl Overlay {
                 s["kind"] == "gateway" && !s["prefixes"].as_array().is_none_or(|p| p.is_empty())
             })
         });
+        if let Routing::Dht { .. } = self.routing {
+            // Every site's entry is in this node's store: the DHT has formed and replicated.
+            let dht_ready = st["dhts"].as_array().is_some_and(|d| {
+                d.iter().all(|d| {
+                    let p2p = &d[1]["status"]["p2p"];
+                    p2p["peers"].as_u64() >= Some(1)
+                        && p2p["records_held"].as_u64() >= Some(self.sites.len() as u64)
+                })
+            });
+            if !dht_ready {
+                return false;
+            }
+        }
+        if let Some(m) = &self.mobile {
+            if m.at == i && !self.has_route(i, MOBILE_PREFIX) {
+                return false;
+            }
+        }
         let peers_up = st["tunnels"].as_array().is_some_and(|t| {
             t.iter().all(|tun| {
                 tun[1]
@@ -590,6 +726,7 @@ impl Drop for Overlay {
             let _ = child.wait();
         }
         self.sites.clear();
+        self.mobile = None;
         self.underlay = None;
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -2,7 +2,7 @@
 //! queue per slave. Everything else talks to it through a [`MasterHandle`].
 
 use super::{Master, SessionInfo, SlaveId, SlaveView, Verdict};
-use crate::control::ControlMessage;
+use crate::control::{ControlMessage, SlaveKind};
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use serde::Serialize;
@@ -119,8 +119,30 @@ fn send(queues: &HashMap<SlaveId, mpsc::Sender<Downlink>>, to: SlaveId, msg: Dow
     queues.get(&to).is_some_and(|q| q.try_send(msg).is_ok())
 }
 
+/// Tells DHT slaves what the site serves whenever that, or the set of DHT slaves, changes.
+fn notify_served(
+    master: &Master,
+    queues: &HashMap<SlaveId, mpsc::Sender<Downlink>>,
+    last: &mut (Vec<Ipv6Net>, Vec<SlaveId>),
+) {
+    let now = (master.served(), master.slaves_of_kind(SlaveKind::Dht));
+    if now != *last {
+        for id in &now.1 {
+            send(
+                queues,
+                *id,
+                Downlink::Control(ControlMessage::Served {
+                    prefixes: now.0.clone(),
+                }),
+            );
+        }
+        *last = now;
+    }
+}
+
 async fn run(mut master: Master, mut rx: mpsc::Receiver<Event>, inbox_full: Arc<AtomicU64>) {
     let mut queues: HashMap<SlaveId, mpsc::Sender<Downlink>> = HashMap::new();
+    let mut last_served = (Vec::new(), Vec::new());
     while let Some(event) = rx.recv().await {
         match event {
             Event::Packet(from, mut buf) => match master.handle_packet(from, &mut buf) {
@@ -147,6 +169,7 @@ async fn run(mut master: Master, mut rx: mpsc::Receiver<Event>, inbox_full: Arc<
             Event::Detach(id) => {
                 master.detach(id);
                 queues.remove(&id);
+                notify_served(&master, &queues, &mut last_served);
             }
             Event::Control(id, msg) => {
                 let outcome = master.handle_control(id, msg);
@@ -168,6 +191,7 @@ async fn run(mut master: Master, mut rx: mpsc::Receiver<Event>, inbox_full: Arc<
                     master.detach(id);
                     queues.remove(&id);
                 }
+                notify_served(&master, &queues, &mut last_served);
             }
             Event::Snapshot(reply) => {
                 let _ = reply.send(MasterSnapshot {

@@ -146,6 +146,10 @@ pub struct Master {
     stats: MasterStats,
 }
 
+fn is_icmp_error(buf: &[u8]) -> bool {
+    buf.get(6) == Some(&packet::ICMPV6) && buf.get(40).is_some_and(|t| *t < 128)
+}
+
 fn is_link_scoped(a: &Ipv6Addr) -> bool {
     a.is_unspecified()
         || a.is_loopback()
@@ -200,7 +204,6 @@ impl Master {
     }
 
     pub fn handle_control(&mut self, id: SlaveId, msg: ControlMessage) -> ControlOutcome {
-        let router = self.router;
         let Some(slave) = self.slaves.get_mut(&id) else {
             return ControlOutcome {
                 replies: vec![],
@@ -250,9 +253,10 @@ impl Master {
                 self.stats.control_errors += 1;
                 error("expected Hello first".into())
             }
-            other @ (ControlMessage::Accepted { .. } | ControlMessage::Refused { .. }) => {
+            other @ (ControlMessage::Accepted { .. }
+            | ControlMessage::Refused { .. }
+            | ControlMessage::Served { .. }) => {
                 self.stats.control_errors += 1;
-                let _ = router;
                 error(format!("unexpected message from a slave: {other:?}"))
             }
             ControlMessage::Error { reason } => {
@@ -385,7 +389,11 @@ impl Master {
             return Verdict::Drop(DropReason::NotRoutable);
         }
         // Strict reverse-path check: the source must be routed back to the slave it came from.
-        if self.table.lookup(src).map(|(_, id)| *id) != Some(from) {
+        // In-process slaves may send ICMPv6 errors in the router's name (a DHT miss, say).
+        let router_error = src == self.router
+            && !self.slaves.get(&from).is_some_and(|s| s.session.remote)
+            && is_icmp_error(buf);
+        if !router_error && self.table.lookup(src).map(|(_, id)| *id) != Some(from) {
             tracing::debug!(slave = from.0, %src, "spoofed source");
             self.count(DropReason::SpoofedSource);
             return Verdict::Drop(DropReason::SpoofedSource);
@@ -463,6 +471,30 @@ impl Master {
             })
             .collect();
         v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Prefixes this site serves itself (its gateways and bridges), for the DHT slaves to publish.
+    pub fn served(&self) -> Vec<Ipv6Net> {
+        let mut v: Vec<Ipv6Net> = self
+            .slaves
+            .values()
+            .filter(|s| matches!(s.kind, Some(SlaveKind::Gateway | SlaveKind::Bridge)))
+            .flat_map(|s| s.prefixes.iter().copied())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn slaves_of_kind(&self, kind: SlaveKind) -> Vec<SlaveId> {
+        let mut v: Vec<SlaveId> = self
+            .slaves
+            .iter()
+            .filter(|(_, s)| s.kind == Some(kind))
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort();
         v
     }
 
@@ -694,6 +726,59 @@ mod tests {
                 data_len: 2
             }
         );
+    }
+
+    #[test]
+    fn served_prefixes_follow_gateways_only() {
+        let (mut m, gw, _) = site();
+        let dht = m.attach(SessionInfo {
+            remote: false,
+            ..session(&["fd6e::/16"])
+        });
+        m.handle_control(dht, hello(SlaveKind::Dht, &["fd6e::/16"], 1400));
+        assert_eq!(m.served(), vec![net("fd6e:0:a::/48")]);
+        assert_eq!(m.slaves_of_kind(SlaveKind::Dht), vec![dht]);
+        m.detach(gw);
+        assert!(m.served().is_empty());
+    }
+
+    #[test]
+    fn in_process_slave_may_send_icmp_errors_as_the_router() {
+        let (mut m, gw, _) = site();
+        let dht = m.attach(SessionInfo {
+            remote: false,
+            ..session(&["fd6e::/16"])
+        });
+        m.handle_control(dht, hello(SlaveKind::Dht, &["fd6e::/16"], 1400));
+        let mut offending = udp("fd6e:0:a:1::2", "fd6e:0:9::1", 64, 20);
+        let mut err = Vec::new();
+        assert!(packet::build_error(
+            IcmpError::DestinationUnreachable { code: 3 },
+            addr("fd6e:0:a::1"),
+            &Ipv6Packet::new_checked(&offending[..]).unwrap(),
+            &mut err
+        ));
+        assert_eq!(m.handle_packet(dht, &mut err), Verdict::Forward(gw));
+        // Not an error message, or from a remote slave: the source check applies.
+        let mut echo = udp("fd6e:0:a::1", "fd6e:0:a:1::2", 64, 20);
+        assert_eq!(
+            m.handle_packet(dht, &mut echo),
+            Verdict::Drop(DropReason::SpoofedSource)
+        );
+        let remote = m.attach(session(&["fd6e::/16"]));
+        m.handle_control(remote, hello(SlaveKind::Dht, &["fd6e:1::/32"], 1400));
+        let mut err2 = Vec::new();
+        assert!(packet::build_error(
+            IcmpError::DestinationUnreachable { code: 3 },
+            addr("fd6e:0:a::1"),
+            &Ipv6Packet::new_checked(&offending[..]).unwrap(),
+            &mut err2
+        ));
+        assert_eq!(
+            m.handle_packet(remote, &mut err2),
+            Verdict::Drop(DropReason::SpoofedSource)
+        );
+        offending.clear();
     }
 
     #[test]

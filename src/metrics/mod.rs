@@ -45,7 +45,208 @@ pub async fn render(view: &SiteView, start_time: f64) -> Option<String> {
     build(&reg, view, snap.as_ref(), start_time).ok()?;
     let mut out = Vec::new();
     TextEncoder::new().encode(&reg.gather(), &mut out).ok()?;
-    String::from_utf8(out).ok()
+    let mut text = String::from_utf8(out).ok()?;
+    dht_histograms(view, &mut text);
+    Some(text)
+}
+
+/// The DHT keeps its own bucket counts; they are written out in the text format directly.
+fn dht_histograms(view: &SiteView, out: &mut String) {
+    use crate::slave::dht::{GETS_BUCKETS, LATENCY_BUCKETS};
+    use std::fmt::Write;
+    let families = [
+        (
+            "on6_dht_resolution_seconds",
+            "Time from a destination's first packet to its resolution.",
+            &LATENCY_BUCKETS[..],
+            true,
+        ),
+        (
+            "on6_dht_gets_per_resolution",
+            "DHT gets one resolution needed.",
+            &GETS_BUCKETS[..],
+            false,
+        ),
+    ];
+    for (name, help, bounds, latency) in families {
+        if view.dhts.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (dht, shared) in &view.dhts {
+            let st = shared.status.lock().unwrap_or_else(|e| e.into_inner());
+            let h = if latency {
+                &st.latency_seconds
+            } else {
+                &st.gets_per_resolution
+            };
+            for (i, bound) in bounds.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{dht=\"{dht}\",le=\"{bound}\"}} {}",
+                    h.buckets.get(i).copied().unwrap_or(0)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{dht=\"{dht}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "{name}_sum{{dht=\"{dht}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{dht=\"{dht}\"}} {}", h.count);
+        }
+    }
+}
+
+fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
+    let lookups = counter(reg, "on6_dht_lookups_total", "Destination lookups by outcome: resolutions found / not found, and packets answered from the cache.", &["dht", "outcome"])?;
+    let gets = counter(reg, "on6_dht_gets_total", "DHT gets issued.", &["dht"])?;
+    let timeouts = counter(
+        reg,
+        "on6_dht_get_timeouts_total",
+        "DHT gets that got no answer in time.",
+        &["dht"],
+    )?;
+    let drops = counter(
+        reg,
+        "on6_dht_queue_drops_total",
+        "Packets dropped because their destination's resolution queue was full.",
+        &["dht"],
+    )?;
+    let records = gauge(
+        reg,
+        "on6_dht_records_held",
+        "DHT records in the local store.",
+        &["dht"],
+    )?;
+    let peers = gauge(
+        reg,
+        "on6_dht_peers",
+        "Fleet members admitted to the DHT routing table.",
+        &["dht"],
+    )?;
+    let served = gauge(
+        reg,
+        "on6_dht_served_prefixes",
+        "Prefixes this site publishes.",
+        &["dht"],
+    )?;
+    let rejected = counter(
+        reg,
+        "on6_dht_entries_rejected_total",
+        "DHT entries refused on store or get, by reason.",
+        &["dht", "reason"],
+    )?;
+    let refused = counter(
+        reg,
+        "on6_dht_refused_peers_total",
+        "DHT or tunnel peers refused (not a fleet site).",
+        &["dht"],
+    )?;
+    let not_mine = counter(
+        reg,
+        "on6_dht_not_mine_total",
+        "\"Not mine\" answers for moved prefixes, sent and received.",
+        &["dht", "direction"],
+    )?;
+    let packets = counter(
+        reg,
+        "on6_dht_packets_total",
+        "IPv6 packets tunnelled to and from other sites' DHT slaves.",
+        &["dht", "direction"],
+    )?;
+    let bytes = counter(
+        reg,
+        "on6_dht_bytes_total",
+        "IPv6 bytes tunnelled to and from other sites' DHT slaves.",
+        &["dht", "direction"],
+    )?;
+    let unreachable = counter(
+        reg,
+        "on6_dht_unreachable_total",
+        "Packets answered Destination Unreachable (no owner, or its site unreachable).",
+        &["dht"],
+    )?;
+    let dropped = counter(
+        reg,
+        "on6_dht_dropped_total",
+        "Datagrams from other sites dropped, by reason.",
+        &["dht", "reason"],
+    )?;
+    let conns = gauge(
+        reg,
+        "on6_dht_connections",
+        "QUIC connections to other sites' DHT slaves.",
+        &["dht"],
+    )?;
+    for (name, d) in &view.dhts {
+        let n = name.as_str();
+        let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let st = d.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        lookups
+            .with_label_values(&[n, "hit"])
+            .inc_by(st.resolver.hits);
+        lookups
+            .with_label_values(&[n, "miss"])
+            .inc_by(st.resolver.misses);
+        lookups
+            .with_label_values(&[n, "cached_hit"])
+            .inc_by(st.resolver.cached_hits);
+        lookups
+            .with_label_values(&[n, "cached_miss"])
+            .inc_by(st.resolver.cached_misses);
+        gets.with_label_values(&[n]).inc_by(st.resolver.gets_issued);
+        timeouts
+            .with_label_values(&[n])
+            .inc_by(st.resolver.get_timeouts);
+        drops
+            .with_label_values(&[n])
+            .inc_by(st.resolver.queue_drops);
+        records
+            .with_label_values(&[n])
+            .set(st.p2p.records_held as i64);
+        peers.with_label_values(&[n]).set(st.p2p.peers as i64);
+        served.with_label_values(&[n]).set(st.served.len() as i64);
+        for reason in [
+            "malformed",
+            "expired",
+            "certificate",
+            "not_covered",
+            "bad_signature",
+        ] {
+            rejected
+                .with_label_values(&[n, reason])
+                .inc_by(st.p2p.entries_rejected.get(reason).copied().unwrap_or(0));
+        }
+        refused
+            .with_label_values(&[n])
+            .inc_by(st.p2p.refused_peers + l(&d.refused_peers));
+        not_mine
+            .with_label_values(&[n, "sent"])
+            .inc_by(l(&d.not_mine_sent));
+        not_mine
+            .with_label_values(&[n, "received"])
+            .inc_by(l(&d.not_mine_received));
+        packets
+            .with_label_values(&[n, "out"])
+            .inc_by(l(&d.tx_packets));
+        packets
+            .with_label_values(&[n, "in"])
+            .inc_by(l(&d.rx_packets));
+        bytes.with_label_values(&[n, "out"]).inc_by(l(&d.tx_bytes));
+        bytes.with_label_values(&[n, "in"]).inc_by(l(&d.rx_bytes));
+        unreachable
+            .with_label_values(&[n])
+            .inc_by(l(&d.unreachable));
+        dropped
+            .with_label_values(&[n, "spoofed_source"])
+            .inc_by(l(&d.spoofed));
+        dropped
+            .with_label_values(&[n, "malformed"])
+            .inc_by(l(&d.malformed));
+        conns.with_label_values(&[n]).set(st.connections as i64);
+    }
+    Ok(())
 }
 
 fn build(
@@ -71,6 +272,9 @@ fn build(
 
     if let Some(snap) = snap {
         master_metrics(reg, view, snap)?;
+    }
+    if !view.dhts.is_empty() {
+        dht_metrics(reg, view)?;
     }
     let handshakes = counter(
         reg,

@@ -369,6 +369,8 @@ pub struct Credentials {
     pub ca: CertificateDer<'static>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
+    /// The key's PEM text: the DHT slave derives its libp2p identity from it.
+    pub key_pem: Option<String>,
     pub identity: NodeIdentity,
     pub revoked: Arc<RevocationList>,
 }
@@ -390,6 +392,7 @@ impl Credentials {
     ) -> Result<Self, PkiError> {
         let ca = load_certs(ca)?.remove(0);
         let chain = load_certs(cert)?;
+        let key_pem = std::fs::read_to_string(key).ok();
         let key = load_key(key)?;
         let identity = NodeIdentity::from_der(&chain[0])?;
         let revoked = match revoked {
@@ -400,6 +403,7 @@ impl Credentials {
             ca,
             chain,
             key: Arc::new(key),
+            key_pem,
             identity,
             revoked: Arc::new(revoked),
         })

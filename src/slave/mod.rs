@@ -3,6 +3,7 @@
 //! master through a [`MasterPort`], the same whether it runs in the master's
 //! process (channels, no crypto) or in its own (QUIC to the master).
 
+pub mod dht;
 pub mod gateway;
 pub mod tunnel;
 

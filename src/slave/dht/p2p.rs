@@ -1,0 +1,417 @@
+//! The DHT itself: a libp2p Kademlia node (TCP + noise + yamux) that admits
+//! only fleet members. A peer enters the routing table after it proves a
+//! fleet certificate whose public key is its libp2p identity (so the noise
+//! handshake already proved it holds the key). Records are validated entry
+//! by entry on store and on get, and merged rather than replaced, so several
+//! sites can share one key.
+
+use super::record::{self, SignedEntry};
+use crate::pki::NodeIdentity;
+use futures::StreamExt;
+use libp2p::kad::{
+    self, store::RecordStore, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
+};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, Multiaddr, PeerId, StreamProtocol, Swarm};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const KAD_PROTOCOL: &str = "/on6/kad/1.0.0";
+const MEMBER_PROTOCOL: &str = "/on6/member/1.0.0";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberProof {
+    /// The fleet certificate (DER) whose key is the sender's libp2p identity.
+    pub cert: Vec<u8>,
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub identify: identify::Behaviour,
+    pub member: request_response::json::Behaviour<MemberProof, MemberProof>,
+}
+
+/// Checks a certificate (chain, validity, revocation) and returns its identity.
+pub type CertCheck = Arc<dyn Fn(&[u8]) -> Result<NodeIdentity, String> + Send + Sync>;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct P2pStats {
+    pub peers: usize,
+    pub refused_peers: u64,
+    pub records_held: usize,
+    pub entries_rejected: HashMap<&'static str, u64>,
+    pub puts_ok: u64,
+    pub puts_failed: u64,
+    pub gets: u64,
+}
+
+/// What the DHT reports back to the slave.
+pub enum P2pEvent {
+    /// A get finished: the valid entries found under the key.
+    GetDone {
+        query: QueryId,
+        entries: Vec<SignedEntry>,
+    },
+    /// A new fleet member was admitted (a good moment to publish).
+    PeerAdmitted(PeerId),
+}
+
+pub struct P2p {
+    pub swarm: Swarm<Behaviour>,
+    my_cert: Vec<u8>,
+    check: CertCheck,
+    verified: HashMap<PeerId, NodeIdentity>,
+    asked: HashSet<PeerId>,
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    gets: HashMap<QueryId, Vec<SignedEntry>>,
+    record_ttl: Duration,
+    stats: P2pStats,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn key_for(addr: Ipv6Addr) -> RecordKey {
+    let mut k = b"on6/".to_vec();
+    k.extend_from_slice(&addr.octets());
+    RecordKey::new(&k)
+}
+
+impl P2p {
+    pub fn new(
+        keypair: libp2p::identity::Keypair,
+        my_cert: Vec<u8>,
+        check: CertCheck,
+        listen: Multiaddr,
+        record_ttl: Duration,
+    ) -> Result<Self, String> {
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .map_err(|e| e.to_string())?
+            .with_behaviour(|key| {
+                let peer = key.public().to_peer_id();
+                let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                // Only certificate holders enter the table; we judge every record ourselves.
+                cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+                cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+                cfg.set_record_ttl(Some(record_ttl));
+                // The slave republishes its own entries; libp2p's 22 h cadence is far too slow.
+                cfg.set_publication_interval(None);
+                cfg.set_replication_interval(Some(record_ttl / 4));
+                cfg.set_query_timeout(Duration::from_secs(5));
+                let mut kad =
+                    kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
+                kad.set_mode(Some(kad::Mode::Server));
+                Behaviour {
+                    kad,
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        "/on6/id/1.0.0".into(),
+                        key.public(),
+                    )),
+                    member: request_response::json::Behaviour::new(
+                        [(StreamProtocol::new(MEMBER_PROTOCOL), ProtocolSupport::Full)],
+                        request_response::Config::default(),
+                    ),
+                }
+            })
+            .map_err(|e| e.to_string())?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        swarm.listen_on(listen).map_err(|e| e.to_string())?;
+        Ok(P2p {
+            swarm,
+            my_cert,
+            check,
+            verified: HashMap::new(),
+            asked: HashSet::new(),
+            addrs: HashMap::new(),
+            gets: HashMap::new(),
+            record_ttl,
+            stats: P2pStats::default(),
+        })
+    }
+
+    pub fn dial(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial DHT bootstrap peer");
+        }
+    }
+
+    pub fn peers(&self) -> usize {
+        self.verified.len()
+    }
+
+    pub fn stats(&mut self) -> P2pStats {
+        let mut s = self.stats.clone();
+        s.peers = self.verified.len();
+        s.records_held = self.swarm.behaviour_mut().kad.store_mut().records().count();
+        s
+    }
+
+    fn reject(&mut self, e: &record::RecordError) {
+        *self.stats.entries_rejected.entry(e.reason()).or_default() += 1;
+    }
+
+    /// Keeps the entries that verify; counts the others by reason.
+    fn valid(&mut self, entries: Vec<SignedEntry>) -> Vec<SignedEntry> {
+        let now = now_unix();
+        let mut out = Vec::new();
+        for e in entries {
+            let check = self.check.clone();
+            match e.verify(now, |c| check(c)) {
+                Ok(_) => out.push(e),
+                Err(err) => {
+                    tracing::debug!(prefix = %e.prefix, error = %err, "DHT entry rejected");
+                    self.reject(&err);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode_valid(&mut self, value: &[u8]) -> Vec<SignedEntry> {
+        match record::decode_value(value) {
+            Ok(entries) => self.valid(entries),
+            Err(e) => {
+                self.reject(&e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Merges entries into the local store under `key`.
+    fn store_merged(&mut self, key: RecordKey, entries: Vec<SignedEntry>) -> Vec<SignedEntry> {
+        let now = now_unix();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let mut merged = store
+            .get(&key)
+            .and_then(|r| record::decode_value(&r.value).ok())
+            .unwrap_or_default();
+        record::merge(&mut merged, entries, now);
+        let latest = merged.iter().map(|e| e.expires).max().unwrap_or(now);
+        let ttl = Duration::from_secs(latest.saturating_sub(now)).min(self.record_ttl);
+        let record = Record {
+            key,
+            value: record::encode_value(&merged),
+            publisher: None,
+            expires: Some(Instant::now() + ttl),
+        };
+        if let Err(e) = store.put(record) {
+            tracing::warn!(error = %e, "local DHT store full");
+        }
+        merged
+    }
+
+    /// Publishes our entries under `key`, merged with what is already known there.
+    pub fn publish(&mut self, key: RecordKey, entries: Vec<SignedEntry>) {
+        let merged = self.store_merged(key.clone(), entries);
+        let record = Record {
+            key,
+            value: record::encode_value(&merged),
+            publisher: None,
+            expires: Some(Instant::now() + self.record_ttl),
+        };
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, Quorum::One)
+        {
+            tracing::warn!(error = %e, "DHT put refused");
+        }
+    }
+
+    pub fn get(&mut self, key: RecordKey) -> QueryId {
+        self.stats.gets += 1;
+        let id = self.swarm.behaviour_mut().kad.get_record(key);
+        self.gets.insert(id, Vec::new());
+        id
+    }
+
+    fn admit(&mut self, peer: PeerId, cert: &[u8]) -> bool {
+        let verdict = (self.check)(cert).and_then(|id| {
+            if id.role != crate::pki::Role::Master {
+                return Err(format!("{} is not a site certificate", id.name));
+            }
+            let key = record::cert_public_key(cert).ok_or("certificate key is not P-256")?;
+            let owner = libp2p::identity::PublicKey::from(key).to_peer_id();
+            if owner != peer {
+                return Err(format!(
+                    "{} presented a certificate that is not its own",
+                    peer
+                ));
+            }
+            Ok(id)
+        });
+        match verdict {
+            Ok(id) => {
+                if self.verified.insert(peer, id.clone()).is_none() {
+                    tracing::info!(%peer, node = %id.name, "DHT peer admitted");
+                    for a in self.addrs.get(&peer).cloned().unwrap_or_default() {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                    }
+                    if self.verified.len() == 1 {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                    return true;
+                }
+                false
+            }
+            Err(why) => {
+                self.stats.refused_peers += 1;
+                tracing::warn!(%peer, reason = %why, "DHT peer refused");
+                let _ = self.swarm.disconnect_peer_id(peer);
+                false
+            }
+        }
+    }
+
+    fn learn_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let known = self.addrs.entry(peer).or_default();
+        if !known.contains(&addr) {
+            known.push(addr.clone());
+            if self.verified.contains_key(&peer) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+        }
+    }
+
+    /// Drives the swarm to its next event that matters to the slave.
+    pub async fn next(&mut self) -> P2pEvent {
+        loop {
+            let event = self.swarm.select_next_some().await;
+            if let Some(out) = self.handle(event) {
+                return out;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<P2pEvent> {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if endpoint.is_dialer() {
+                    self.learn_addr(peer_id, endpoint.get_remote_address().clone());
+                }
+                if !self.verified.contains_key(&peer_id) && self.asked.insert(peer_id) {
+                    let proof = MemberProof {
+                        cert: self.my_cert.clone(),
+                    };
+                    self.swarm
+                        .behaviour_mut()
+                        .member
+                        .send_request(&peer_id, proof);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.asked.remove(&peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Member(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let admitted = self.admit(peer, &request.cert);
+                    if self.verified.contains_key(&peer) {
+                        let _ = self.swarm.behaviour_mut().member.send_response(
+                            channel,
+                            MemberProof {
+                                cert: self.my_cert.clone(),
+                            },
+                        );
+                    }
+                    if admitted {
+                        return Some(P2pEvent::PeerAdmitted(peer));
+                    }
+                }
+                request_response::Message::Response { response, .. } => {
+                    if self.admit(peer, &response.cert) {
+                        return Some(P2pEvent::PeerAdmitted(peer));
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for a in info.listen_addrs {
+                    self.learn_addr(peer_id, a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => return self.handle_kad(ev),
+            _ => {}
+        }
+        None
+    }
+
+    fn handle_kad(&mut self, ev: kad::Event) -> Option<P2pEvent> {
+        match ev {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => {
+                if !self.verified.contains_key(&source) {
+                    tracing::debug!(%source, "put from a peer that is not a fleet member ignored");
+                    return None;
+                }
+                let entries = self.decode_valid(&record.value);
+                if !entries.is_empty() {
+                    self.store_merged(record.key, entries);
+                }
+            }
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
+                    let entries = self.decode_valid(&found.record.value);
+                    if let Some(acc) = self.gets.get_mut(&id) {
+                        record::merge(acc, entries, now_unix());
+                    }
+                    if step.last {
+                        return self.finish(id);
+                    }
+                }
+                QueryResult::GetRecord(_) => return self.finish(id),
+                QueryResult::PutRecord(Ok(_)) => self.stats.puts_ok += 1,
+                QueryResult::PutRecord(Err(e)) => {
+                    self.stats.puts_failed += 1;
+                    tracing::debug!(error = %e, "DHT put incomplete");
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        None
+    }
+
+    fn finish(&mut self, id: QueryId) -> Option<P2pEvent> {
+        let entries = self.gets.remove(&id)?;
+        Some(P2pEvent::GetDone { query: id, entries })
+    }
+}
