@@ -231,7 +231,8 @@ impl Overlay {
             routing: opts.routing,
             children: vec![],
             underlay: None,
-            keep_dir: false,
+            // Set ON6_KEEP_LOGS=1 to keep configs and logs of a failing test for a post-mortem.
+            keep_dir: std::env::var_os("ON6_KEEP_LOGS").is_some(),
         };
         overlay.setup(opts)?;
         Ok(overlay)
@@ -558,6 +559,19 @@ impl Overlay {
         self.start_mobile(to, bin, level)
     }
 
+    /// Plugs a namespace of the caller's into the underlay bridge with `cidr` (e.g. "10.77.0.150/24").
+    pub fn underlay_link(&self, ns: &Netns, cidr: &str) -> Result<(), OverlayError> {
+        let underlay = self
+            .underlay
+            .as_ref()
+            .ok_or_else(|| OverlayError::NotReady("no underlay".into()))?;
+        let ul = netns::unique_ifname("xu");
+        netns::veth(ns, "ul0", underlay, &ul)?;
+        underlay.exec(&["ip", "link", "set", &ul, "master", "br0"])?;
+        ns.addr("ul0", cidr)?;
+        Ok(())
+    }
+
     /// Whether site `i`'s master has a route for `prefix`.
     pub fn has_route(&self, i: usize, prefix: &str) -> bool {
         self.status(i).is_some_and(|st| {
@@ -669,9 +683,19 @@ impl Overlay {
                     .iter()
                     .map(|i| self.sites[*i].name.as_str())
                     .collect();
+                // What the first pending site reports says why it is not ready.
+                let detail = self
+                    .status(pending[0])
+                    .map_or("no status".to_string(), |st| {
+                        format!(
+                            "slaves {} tunnels {} dhts {}",
+                            st["master"]["slaves"], st["tunnels"], st["dhts"]
+                        )
+                    });
                 return Err(OverlayError::NotReady(format!(
-                    "sites not ready after {timeout:?}: {names:?}; logs in {}",
-                    self.dir.display()
+                    "sites not ready after {timeout:?}: {names:?}; logs in {}; {}: {detail}",
+                    self.dir.display(),
+                    names.first().unwrap_or(&"?")
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub fn options(sites: usize) -> OverlayOptions {
     let mut o = OverlayOptions::new(sites, env!("CARGO_BIN_EXE_on6"));
-    o.log = "info,on6=debug".into();
+    o.log = std::env::var("ON6_TEST_LOG").unwrap_or_else(|_| "info,on6=debug".into());
     o
 }
 

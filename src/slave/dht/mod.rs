@@ -187,10 +187,14 @@ pub async fn run(
         cfg.record_ttl,
     )
     .map_err(SlaveError::Config)?;
-    for b in &cfg.bootstrap {
-        if let Ok(ma) = format!("/ip4/{}/tcp/{}", b.ip(), b.port()).parse() {
-            dht.dial(ma);
-        }
+    let bootstrap: Vec<libp2p::Multiaddr> = cfg
+        .bootstrap
+        .iter()
+        .filter_map(|b| format!("/ip4/{}/tcp/{}", b.ip(), b.port()).parse().ok())
+        .collect();
+    let mut last_bootstrap = Instant::now();
+    for b in &bootstrap {
+        dht.dial(b.clone());
     }
 
     let server = transport::server_config(&creds, &cfg.transport)?;
@@ -223,7 +227,9 @@ pub async fn run(
     let mut resolver: Resolver<Bytes> = Resolver::new(cfg.resolver.clone());
     let mut queries: HashMap<libp2p::kad::QueryId, GetId> = HashMap::new();
     let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
-    let mut last_publish: Option<Instant> = None;
+    // When to publish next: at once, on a change, shortly after a newcomer, else every `republish`.
+    let mut next_publish = Instant::now();
+    let mut last_publish = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut scratch = Vec::new();
 
@@ -243,7 +249,7 @@ pub async fn run(
                 }
                 Some(Downlink::Control(ControlMessage::Served { prefixes })) => {
                     from_master = prefixes;
-                    last_publish = None;
+                    next_publish = now;
                 }
                 Some(Downlink::Control(m)) => tracing::debug!(?m, "control message"),
                 Some(Downlink::Close { reason }) => break Err(SlaveError::MasterError(reason)),
@@ -256,9 +262,8 @@ pub async fn run(
                     }
                 }
                 P2pEvent::PeerAdmitted(_) => {
-                    if dht.peers() <= 2 {
-                        last_publish = None;
-                    }
+                    // A newcomer may be among the closest nodes to our keys: publish again soon (at most once a second).
+                    next_publish = next_publish.min((last_publish + Duration::from_secs(1)).max(now));
                 }
             },
             Some(ev) = events.recv() => match ev {
@@ -301,6 +306,15 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 resolver.handle_timeout(now);
+                dht.maintain();
+                // Bootstrap peers may start after us: keep knocking until we are connected to them.
+                if now.duration_since(last_bootstrap) >= Duration::from_secs(1) {
+                    last_bootstrap = now;
+                    let missing: Vec<_> = bootstrap.iter().filter(|b| !dht.connected_to(b)).cloned().collect();
+                    for b in missing {
+                        dht.dial(b);
+                    }
+                }
                 let current = {
                     let mut all = cfg.serve.clone();
                     all.extend(from_master.iter().copied());
@@ -311,11 +325,12 @@ pub async fn run(
                 let changed = *served.read().unwrap_or_else(|e| e.into_inner()) != current;
                 if changed {
                     *served.write().unwrap_or_else(|e| e.into_inner()) = current.clone();
-                    last_publish = None;
+                    next_publish = now;
                 }
-                if last_publish.is_none_or(|t| now.duration_since(t) >= cfg.republish) && dht.peers() > 0 {
+                if now >= next_publish && dht.peers() > 0 {
                     publish(&mut dht, &cfg, &current, &mut epochs, &my_cert, &signer);
-                    last_publish = Some(now);
+                    last_publish = now;
+                    next_publish = now + cfg.republish;
                 }
                 conns.retain(|_, c| match c {
                     Conn::Up { conn, last_used } if now.duration_since(*last_used) > cfg.idle_close => {

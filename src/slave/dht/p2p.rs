@@ -71,6 +71,11 @@ pub struct P2p {
     gets: HashMap<QueryId, Vec<SignedEntry>>,
     record_ttl: Duration,
     stats: P2pStats,
+    /// Live outgoing connections per dialed address (bootstrap peers are re-dialed until connected).
+    dialed: HashMap<Multiaddr, usize>,
+    /// A bootstrap (a lookup of our own id, which fills the table) is due.
+    bootstrap_due: bool,
+    last_bootstrap: Option<Instant>,
 }
 
 pub fn now_unix() -> u64 {
@@ -112,6 +117,7 @@ impl P2p {
                 cfg.set_publication_interval(None);
                 cfg.set_replication_interval(Some(record_ttl / 4));
                 cfg.set_query_timeout(Duration::from_secs(5));
+                cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30)));
                 let mut kad =
                     kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
                 kad.set_mode(Some(kad::Mode::Server));
@@ -141,12 +147,31 @@ impl P2p {
             gets: HashMap::new(),
             record_ttl,
             stats: P2pStats::default(),
+            dialed: HashMap::new(),
+            bootstrap_due: false,
+            last_bootstrap: None,
         })
     }
 
     pub fn dial(&mut self, addr: Multiaddr) {
         if let Err(e) = self.swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "cannot dial DHT bootstrap peer");
+        }
+    }
+
+    /// Whether we hold an outgoing connection to `addr` (as dialed, without /p2p).
+    pub fn connected_to(&self, addr: &Multiaddr) -> bool {
+        self.dialed
+            .keys()
+            .any(|a| a == addr || a.to_string().starts_with(&format!("{addr}/p2p/")))
+    }
+
+    fn forget_dialed(&mut self, addr: &Multiaddr) {
+        if let Some(n) = self.dialed.get_mut(addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.dialed.remove(addr);
+            }
         }
     }
 
@@ -234,6 +259,21 @@ impl P2p {
         }
     }
 
+    /// Periodic work: after new members arrive, look ourselves up (at most
+    /// once a second) so everyone learns of everyone.
+    pub fn maintain(&mut self) {
+        if self.bootstrap_due
+            && self
+                .last_bootstrap
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+                self.bootstrap_due = false;
+                self.last_bootstrap = Some(Instant::now());
+            }
+        }
+    }
+
     pub fn get(&mut self, key: RecordKey) -> QueryId {
         self.stats.gets += 1;
         let id = self.swarm.behaviour_mut().kad.get_record(key);
@@ -263,9 +303,7 @@ impl P2p {
                     for a in self.addrs.get(&peer).cloned().unwrap_or_default() {
                         self.swarm.behaviour_mut().kad.add_address(&peer, a);
                     }
-                    if self.verified.len() == 1 {
-                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
-                    }
+                    self.bootstrap_due = true;
                     return true;
                 }
                 false
@@ -285,6 +323,7 @@ impl P2p {
             known.push(addr.clone());
             if self.verified.contains_key(&peer) {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                self.bootstrap_due = true;
             }
         }
     }
@@ -306,6 +345,10 @@ impl P2p {
             } => {
                 if endpoint.is_dialer() {
                     self.learn_addr(peer_id, endpoint.get_remote_address().clone());
+                    *self
+                        .dialed
+                        .entry(endpoint.get_remote_address().clone())
+                        .or_default() += 1;
                 }
                 if !self.verified.contains_key(&peer_id) && self.asked.insert(peer_id) {
                     let proof = MemberProof {
@@ -318,10 +361,19 @@ impl P2p {
                 }
             }
             SwarmEvent::ConnectionClosed {
+                endpoint,
+                num_established,
+                ..
+            } if endpoint.is_dialer() && num_established > 0 => {
+                self.forget_dialed(endpoint.get_remote_address());
+            }
+            SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
+                endpoint,
                 ..
             } => {
+                self.forget_dialed(endpoint.get_remote_address());
                 self.asked.remove(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Member(request_response::Event::Message {
@@ -368,6 +420,17 @@ impl P2p {
 
     fn handle_kad(&mut self, ev: kad::Event) -> Option<P2pEvent> {
         match ev {
+            // Peers learned from other nodes: meet them, check their certificate, then add them.
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                if !self.verified.contains_key(&peer) && peer != *self.swarm.local_peer_id() {
+                    self.learn_addr(peer, address.clone());
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                        .addresses(vec![address])
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
@@ -385,6 +448,11 @@ impl P2p {
                     self.store_merged(record.key, entries);
                 }
             }
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => {
+                tracing::debug!(%peer, addresses = ?addresses.iter().collect::<Vec<_>>(), "DHT routing table updated");
+            }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
             } => match result {
@@ -398,6 +466,9 @@ impl P2p {
                     }
                 }
                 QueryResult::GetRecord(_) => return self.finish(id),
+                QueryResult::Bootstrap(r) => {
+                    tracing::debug!(result = ?r.map(|ok| ok.num_remaining), "DHT bootstrap step")
+                }
                 QueryResult::PutRecord(Ok(_)) => self.stats.puts_ok += 1,
                 QueryResult::PutRecord(Err(e)) => {
                     self.stats.puts_failed += 1;
