@@ -262,15 +262,12 @@ impl P2p {
     /// Periodic work: after new members arrive, look ourselves up (at most
     /// once a second) so everyone learns of everyone.
     pub fn maintain(&mut self) {
-        if self.bootstrap_due
-            && self
-                .last_bootstrap
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
-                self.bootstrap_due = false;
-                self.last_bootstrap = Some(Instant::now());
-            }
+        let rested = self
+            .last_bootstrap
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if self.bootstrap_due && rested && self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            self.bootstrap_due = false;
+            self.last_bootstrap = Some(Instant::now());
         }
     }
 
@@ -422,14 +419,14 @@ impl P2p {
         match ev {
             // Peers learned from other nodes: meet them, check their certificate, then add them.
             kad::Event::RoutablePeer { peer, address }
-            | kad::Event::PendingRoutablePeer { peer, address } => {
-                if !self.verified.contains_key(&peer) && peer != *self.swarm.local_peer_id() {
-                    self.learn_addr(peer, address.clone());
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                        .addresses(vec![address])
-                        .build();
-                    let _ = self.swarm.dial(opts);
-                }
+            | kad::Event::PendingRoutablePeer { peer, address }
+                if !self.verified.contains_key(&peer) && peer != *self.swarm.local_peer_id() =>
+            {
+                self.learn_addr(peer, address.clone());
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(vec![address])
+                    .build();
+                let _ = self.swarm.dial(opts);
             }
             kad::Event::InboundRequest {
                 request:
