@@ -106,7 +106,19 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
                     cfg.site.prefix,
                     cfg.site.mtu,
                 );
-                let port = slave::attach_local(&master, &gcfg.name, vec![gcfg.prefix])
+                if let Some(p) = gcfg
+                    .extra_prefixes
+                    .iter()
+                    .find(|p| !creds.identity.covers(p))
+                {
+                    return Err(SiteError::Identity(format!(
+                        "slave[{i}].extra_prefixes: {p} is outside the site certificate"
+                    )));
+                }
+                let allowed = std::iter::once(gcfg.prefix)
+                    .chain(gcfg.extra_prefixes.iter().copied())
+                    .collect();
+                let port = slave::attach_local(&master, &gcfg.name, allowed)
                     .await
                     .map_err(|source| SiteError::Slave {
                         name: gcfg.name.clone(),

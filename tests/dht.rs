@@ -261,6 +261,7 @@ fn poisoned_entries_never_attract_packets() {
                     }),
                     "/ip4/10.77.0.150/tcp/4436".parse().unwrap(),
                     Duration::from_secs(300),
+                    p2p::KAD_PROTOCOL,
                 )
                 .unwrap();
                 node.dial("/ip4/10.77.0.1/tcp/4436".parse().unwrap());
@@ -330,4 +331,67 @@ fn poisoned_entries_never_attract_packets() {
         rejected.get("bad_signature").copied().unwrap_or(0) >= 1,
         "{rejected:?}"
     );
+}
+
+#[test]
+fn two_dht_overlays_side_by_side_own_their_spaces() {
+    use on6::demo::overlay::second_host_addr;
+    let mut opts = dht(3);
+    opts.second_dht = true;
+    let Some(ov) = common::build("dht_two_overlays", opts) else {
+        return;
+    };
+    for a in 0..3 {
+        for b in 0..3 {
+            if a == b {
+                continue;
+            }
+            common::check(
+                &ov,
+                ping_ok(&ov, a, b),
+                &format!("fd6e space: site-{} -> site-{}", a + 1, b + 1),
+            );
+            let dst = second_host_addr(b);
+            let ok = common::wait_until(Duration::from_secs(10), || {
+                let out = netns::in_netns(ov.sites[a].host_ns.name(), move || {
+                    netns::ping6(dst, PingOpts::default())
+                })
+                .unwrap()
+                .unwrap();
+                matches!(out, PingOutcome::Reply { from, .. } if from == dst)
+            });
+            common::check(&ov, ok, &format!("fd6f space: site-{} -> {dst}", a + 1));
+        }
+    }
+    let st = ov.status(0).unwrap();
+    // Two DHT slaves with different names own different parts of the address space on one master.
+    let slaves = st["master"]["slaves"].as_array().unwrap();
+    let id_of = |space: &str| {
+        slaves
+            .iter()
+            .find(|s| s["kind"] == "dht" && s["prefixes"][0] == space)
+            .map(|s| (s["id"].clone(), s["name"].clone()))
+    };
+    let (a, b) = (
+        id_of("fd6e::/32").expect("dht for fd6e::/32"),
+        id_of("fd6f::/32").expect("dht for fd6f::/32"),
+    );
+    assert_ne!(a, b);
+    let dhts = st["dhts"].as_array().unwrap();
+    assert_eq!(dhts.len(), 2);
+    for d in dhts {
+        let status = &d[1];
+        assert!(
+            status["tx_packets"].as_u64() >= Some(2),
+            "{} carried no packets: {status}",
+            d[0]
+        );
+        // Each network holds only its own overlay's entries: one key per site.
+        assert_eq!(
+            status["status"]["p2p"]["records_held"].as_u64(),
+            Some(3),
+            "{}: {status}",
+            d[0]
+        );
+    }
 }

@@ -128,6 +128,9 @@ fn default_mode() -> String {
 pub struct DhtSection {
     pub name: Option<String>,
     /// QUIC listener for packets from other sites.
+    /// Name of the Kademlia network; DHT slaves with different networks never mix
+    /// (several overlays side by side, each owning part of the address space).
+    pub network: Option<String>,
     pub listen: SocketAddr,
     /// The endpoint other sites should use (behind a port forward, say); defaults to `listen`.
     pub advertise: Option<SocketAddr>,
@@ -171,6 +174,9 @@ pub struct GatewaySection {
     #[serde(default)]
     pub routes: Vec<Ipv6Net>,
     /// TUN MTU; defaults to the overlay MTU.
+    /// More prefixes this gateway serves (each must be inside the site certificate).
+    #[serde(default)]
+    pub extra_prefixes: Vec<Ipv6Net>,
     pub mtu: Option<u16>,
 }
 
@@ -468,6 +474,7 @@ impl GatewaySection {
                 .unwrap_or_else(|| default_name.to_string()),
             tun_name: self.tun.clone(),
             prefix,
+            extra_prefixes: self.extra_prefixes.clone(),
             address: self.address.unwrap_or_else(|| nth_address(&prefix, 2)),
             routes: self.routes.clone(),
             mtu: self.mtu.unwrap_or(mtu),
@@ -530,6 +537,7 @@ impl DhtSection {
                 .name
                 .clone()
                 .unwrap_or_else(|| default_name.to_string()),
+            network: self.network.clone(),
             listen: self.listen,
             advertise: self.advertise.unwrap_or(self.listen),
             p2p_listen: self.p2p_listen,

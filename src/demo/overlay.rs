@@ -65,6 +65,24 @@ pub struct OverlayOptions {
     pub routing: Routing,
     /// Add a mobile network (its own gateway process) attached first to this site.
     pub mobile: Option<usize>,
+    /// A second overlay side by side: every site also serves fd6f:0:N::/48
+    /// (a second address on its host), resolved by a second DHT slave in its
+    /// own Kademlia network that owns fd6f::/32.
+    pub second_dht: bool,
+}
+
+/// The address space of the second overlay (`second_dht`).
+pub const SECOND_SPACE: &str = "fd6f::/32";
+pub const DHT_B_PORT: u16 = 4445;
+pub const P2P_B_PORT: u16 = 4446;
+
+/// Site `i`'s prefix and host address in the second overlay.
+pub fn second_prefix(i: usize) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::new(0xfd6f, 0, i as u16 + 1, 0, 0, 0, 0, 0), 48).unwrap_or_default()
+}
+
+pub fn second_host_addr(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd6f, 0, i as u16 + 1, 1, 0, 0, 0, 2)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +111,7 @@ impl OverlayOptions {
             expose_metrics: false,
             routing: Routing::Static,
             mobile: None,
+            second_dht: false,
         }
     }
 }
@@ -284,6 +303,10 @@ impl Overlay {
             if opts.mobile.is_some() {
                 site_prefixes.push(MOBILE_PREFIX.parse().unwrap_or_default());
             }
+            let second = opts.second_dht && !opts.remote_gateways.contains(&i);
+            if second {
+                site_prefixes.push(second_prefix(i));
+            }
             issue(&name, Role::Master, &site_prefixes)?;
 
             let site_ns = namespace(&format!("on6s{}", i + 1))?;
@@ -343,6 +366,13 @@ impl Overlay {
                 "lan0",
                 &format!("{}/64", Ipv6Addr::from(u128::from(host_addr(i)) - 1)),
             )?;
+            if second {
+                router_ns.addr(
+                    "lan0",
+                    &format!("{}/64", Ipv6Addr::from(u128::from(second_host_addr(i)) - 1)),
+                )?;
+                host_ns.addr("eth0", &format!("{}/64", second_host_addr(i)))?;
+            }
             host_ns.addr("eth0", &format!("{}/64", host_addr(i)))?;
             host_ns.route(&[
                 "add",
@@ -378,10 +408,27 @@ impl Overlay {
             let gateway = if remote {
                 String::new()
             } else {
+                let (routes, extra) = if second {
+                    (
+                        format!("[\"{fleet}\", \"{SECOND_SPACE}\"]"),
+                        format!("extra_prefixes = [\"{}\"]\n", second_prefix(i)),
+                    )
+                } else {
+                    (format!("[\"{fleet}\"]"), String::new())
+                };
                 format!(
-                    "\n[[slave]]\nkind = \"gateway\"\nroutes = [\"{fleet}\"]\n{}",
+                    "\n[[slave]]\nkind = \"gateway\"\nroutes = {routes}\n{extra}{}",
                     gw_mtu.map_or(String::new(), |m| format!("mtu = {m}\n"))
                 )
+            };
+            let routing = if second {
+                let boot = if i == 0 { 1 } else { i - 1 };
+                format!(
+                    "{routing}\n[[slave]]\nkind = \"dht\"\nname = \"{name}-dht-b\"\nnetwork = \"b\"\nlisten = \"{ul_ip}:{DHT_B_PORT}\"\np2p_listen = \"{ul_ip}:{P2P_B_PORT}\"\nbootstrap = [\"10.77.0.{}:{P2P_B_PORT}\"]\nspace = [\"{SECOND_SPACE}\"]\n",
+                    boot + 1
+                )
+            } else {
+                routing
             };
             let admin_socket = dir.join(format!("{name}.sock"));
             let site_cfg = format!(

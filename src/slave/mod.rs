@@ -14,6 +14,7 @@ use crate::pki::Credentials;
 use crate::transport::{self, TransportError, TransportOptions};
 use bytes::BytesMut;
 use ipnet::Ipv6Net;
+use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
 use tokio::sync::mpsc;
 
@@ -94,7 +95,9 @@ impl Uplink {
 
 pub struct MasterPort {
     pub up: Uplink,
-    pub down: mpsc::Receiver<Downlink>,
+    down: mpsc::Receiver<Downlink>,
+    /// Messages that arrived while `hello` waited for its answer.
+    backlog: VecDeque<Downlink>,
 }
 
 impl MasterPort {
@@ -121,16 +124,27 @@ impl MasterPort {
                 None => return Err(SlaveError::MasterGone),
             }
         };
-        // Refusals follow the Accepted message at once.
+        // Refusals follow the Accepted message at once; anything else is kept for `recv`.
         while let Ok(msg) = self.down.try_recv() {
-            if let Downlink::Control(ControlMessage::Refused { prefix, reason }) = msg {
-                return Err(SlaveError::Refused {
-                    prefix: prefix.map_or("-".into(), |p| p.to_string()),
-                    reason,
-                });
+            match msg {
+                Downlink::Control(ControlMessage::Refused { prefix, reason }) => {
+                    return Err(SlaveError::Refused {
+                        prefix: prefix.map_or("-".into(), |p| p.to_string()),
+                        reason,
+                    });
+                }
+                other => self.backlog.push_back(other),
             }
         }
         Ok((prefixes, router))
+    }
+
+    /// The next message from the master; `None` once it is gone.
+    pub async fn recv(&mut self) -> Option<Downlink> {
+        match self.backlog.pop_front() {
+            Some(m) => Some(m),
+            None => self.down.recv().await,
+        }
     }
 }
 
@@ -156,6 +170,7 @@ pub async fn attach_local(
             master: master.clone(),
         },
         down,
+        backlog: VecDeque::new(),
     })
 }
 
@@ -233,5 +248,6 @@ pub async fn connect_remote(
             control: control_tx,
         },
         down,
+        backlog: VecDeque::new(),
     })
 }

@@ -39,6 +39,8 @@ const DIAL_QUEUE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
     pub name: String,
+    /// The Kademlia network to join (None: the fleet's default one).
+    pub network: Option<String>,
     /// QUIC listener for packets from other sites' DHT slaves.
     pub listen: SocketAddr,
     /// The endpoint published in our entries (defaults to `listen`).
@@ -179,12 +181,17 @@ pub async fn run(
             .parse()
             .map_err(|e| SlaveError::Config(format!("p2p_listen: {e}")))?;
     let signer = ecdsa.clone();
+    let protocol = match &cfg.network {
+        Some(n) => format!("/on6/kad/{n}/1.0.0"),
+        None => p2p::KAD_PROTOCOL.to_string(),
+    };
     let mut dht = P2p::new(
         keys::libp2p_keypair(ecdsa),
         my_cert.clone(),
         check,
         listen_ma,
         cfg.record_ttl,
+        &protocol,
     )
     .map_err(SlaveError::Config)?;
     let bootstrap: Vec<libp2p::Multiaddr> = cfg
@@ -238,7 +245,7 @@ pub async fn run(
         let now = Instant::now();
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            msg = port.down.recv() => match msg {
+            msg = port.recv() => match msg {
                 Some(Downlink::Packet(p)) => {
                     let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
                     match resolver.resolve(dst, p, now) {
@@ -316,8 +323,10 @@ pub async fn run(
                     }
                 }
                 let current = {
+                    // What this overlay publishes and accepts: the site's prefixes inside its space.
                     let mut all = cfg.serve.clone();
                     all.extend(from_master.iter().copied());
+                    all.retain(|p| cfg.space.iter().any(|s| s.contains(p)));
                     all.sort();
                     all.dedup();
                     all

@@ -97,6 +97,7 @@ impl P2p {
         check: CertCheck,
         listen: Multiaddr,
         record_ttl: Duration,
+        protocol: &str,
     ) -> Result<Self, String> {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -108,7 +109,10 @@ impl P2p {
             .map_err(|e| e.to_string())?
             .with_behaviour(|key| {
                 let peer = key.public().to_peer_id();
-                let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                let mut cfg = kad::Config::new(
+                    StreamProtocol::try_from_owned(protocol.to_string())
+                        .unwrap_or(StreamProtocol::new(KAD_PROTOCOL)),
+                );
                 // Only certificate holders enter the table; we judge every record ourselves.
                 cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
                 cfg.set_record_filtering(kad::StoreInserts::FilterBoth);

@@ -19,6 +19,8 @@ pub struct GatewayConfig {
     pub tun_name: String,
     /// The site prefix this gateway announces.
     pub prefix: Ipv6Net,
+    /// More prefixes served behind the same TUN.
+    pub extra_prefixes: Vec<Ipv6Net>,
     /// The TUN device's own address.
     pub address: Ipv6Addr,
     /// What the site's kernel routes into the overlay.
@@ -93,7 +95,9 @@ pub async fn run(
     let hello = ControlMessage::Hello {
         kind: SlaveKind::Gateway,
         name: cfg.name.clone(),
-        prefixes: vec![cfg.prefix],
+        prefixes: std::iter::once(cfg.prefix)
+            .chain(cfg.extra_prefixes.iter().copied())
+            .collect(),
         mtu: cfg.mtu,
     };
     let (accepted, router) = port.hello(hello).await?;
@@ -122,7 +126,7 @@ pub async fn run(
                 }
                 port.up.packet(BytesMut::from(packet))?;
             }
-            msg = port.down.recv() => match msg {
+            msg = port.recv() => match msg {
                 Some(Downlink::Packet(p)) => match dev.send(&p).await {
                     Ok(_) => {
                         add(&stats.tun_tx_packets, 1);

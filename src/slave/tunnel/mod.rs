@@ -214,7 +214,7 @@ pub async fn run(
                     slot.1 = live.clone();
                 }
             }
-            msg = port.down.recv() => match msg {
+            msg = port.recv() => match msg {
                 Some(Downlink::Packet(p)) => {
                     let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
                     let Some((_, &i)) = routes.lookup(dst) else { continue };
