@@ -26,7 +26,7 @@ fn dashboards() -> Vec<(String, serde_json::Value)> {
             ));
         }
     }
-    assert!(out.len() >= 3, "dashboards missing");
+    assert!(out.len() >= 4, "dashboards missing");
     out
 }
 
@@ -169,6 +169,8 @@ impl Drop for Prometheus {
 fn every_panel_query_returns_data_from_a_real_prometheus() {
     let mut opts = common::options(3);
     opts.expose_metrics = true;
+    // Static tunnels for the site prefixes and a DHT overlay beside them: every dashboard has data.
+    opts.second_dht = true;
     let Some(ov) = common::build("every_panel_query_returns_data", opts) else {
         return;
     };
@@ -183,6 +185,10 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             for b in 0..3 {
                 if a != b {
                     on6::demo::measure_pair(&ov, a, b, 2, 100_000);
+                    let dst = on6::demo::overlay::second_host_addr(b);
+                    let _ = on6::netns::in_netns(ov.sites[a].host_ns.name(), move || {
+                        on6::netns::ping6(dst, on6::netns::PingOpts::default())
+                    });
                 }
             }
         }
@@ -195,6 +201,41 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         all_up,
         "Prometheus does not see 3 sites; log:\n{}",
         std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
+
+    // The exposition with DHT histograms passes Prometheus' linter too.
+    let target = ov.sites[0].metrics_target.expect("management link");
+    let mut s = std::net::TcpStream::connect(target).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    assert!(body.contains("on6_dht_resolution_seconds_bucket"), "{body}");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let mut failures = Vec::new();

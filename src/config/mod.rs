@@ -727,5 +727,6 @@ mod example_tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         SiteConfig::load(&root.join("site-a.toml")).unwrap();
         SlaveFile::load(&root.join("site-a-gw.toml")).unwrap();
+        SiteConfig::load(&root.join("site-b-dht.toml")).unwrap();
     }
 }

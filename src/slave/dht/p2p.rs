@@ -179,6 +179,10 @@ impl P2p {
         }
     }
 
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
     pub fn peers(&self) -> usize {
         self.verified.len()
     }
