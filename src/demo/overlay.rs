@@ -69,6 +69,8 @@ pub struct OverlayOptions {
     /// (a second address on its host), resolved by a second DHT slave in its
     /// own Kademlia network that owns fd6f::/32.
     pub second_dht: bool,
+    /// Start the on6 processes (false: build the topology only).
+    pub start: bool,
 }
 
 /// The address space of the second overlay (`second_dht`).
@@ -112,6 +114,7 @@ impl OverlayOptions {
             routing: Routing::Static,
             mobile: None,
             second_dht: false,
+            start: true,
         }
     }
 }
@@ -488,6 +491,10 @@ impl Overlay {
         }
         self.underlay = Some(underlay);
 
+        if !opts.start {
+            // Namespaces and configs only: a bench runs other tunnels over the same topology.
+            return Ok(());
+        }
         for i in 0..self.sites.len() {
             self.start_site(i, &opts.bin, &opts.log)?;
         }
@@ -617,6 +624,11 @@ impl Overlay {
         underlay.exec(&["ip", "link", "set", &ul, "master", "br0"])?;
         ns.addr("ul0", cidr)?;
         Ok(())
+    }
+
+    /// Process ids of the on6 processes (for CPU and memory accounting).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
     }
 
     /// Whether site `i`'s master has a route for `prefix`.

@@ -463,10 +463,16 @@ impl P2p {
             } => match result {
                 QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                     let entries = self.decode_valid(&found.record.value);
+                    let useful = !entries.is_empty();
                     if let Some(acc) = self.gets.get_mut(&id) {
                         record::merge(acc, entries, now_unix());
                     }
-                    if step.last {
+                    // Storing nodes merge every entry under a key, so the first valid
+                    // record is complete: answer now and stop the query.
+                    if useful || step.last {
+                        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                            q.finish();
+                        }
                         return self.finish(id);
                     }
                 }
