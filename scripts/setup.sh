@@ -9,6 +9,11 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ping >/dev/null || need+=(iputils-ping)
 # Prometheus server and promtool: the metrics tests scrape a live overlay with them.
 command -v promtool >/dev/null || need+=(prometheus)
+# The throughput bench (its quick mode runs under cargo test): iperf3, ethtool, and the peer tunnels.
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v ethtool >/dev/null || need+=(ethtool)
+command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v wg >/dev/null || need+=(wireguard-tools)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
