@@ -138,9 +138,11 @@ fn set_loss(ov: &Overlay, pct: f64) {
         if pct > 0.0 {
             let per_10k = (pct * 100.0).round() as u32;
             let rules = format!(
-                "table netdev on6bench {{ chain ingress {{ type filter hook ingress device \"ul0\" priority 0; policy accept; numgen random mod 10000 < {per_10k} drop; }} }}"
+                "table netdev on6bench {{\n  chain ingress {{\n    type filter hook ingress device \"ul0\" priority 0; policy accept;\n    numgen random mod 10000 < {per_10k} drop\n  }}\n}}\n"
             );
-            in_ns(ns, &["nft", &rules]).expect("loss rule");
+            let path = ov.dir.join(format!("loss-{ns}.nft"));
+            std::fs::write(&path, rules).expect("writing the loss rule");
+            in_ns(ns, &["nft", "-f", &path.to_string_lossy()]).expect("loss rule");
         }
     }
 }
@@ -201,56 +203,69 @@ fn start_peer(peer: Peer, ov: &Overlay) -> Result<Vec<Child>, String> {
                     (private, public)
                 })
                 .collect();
-            for (i, s) in ov.sites.iter().enumerate() {
-                let other = &ov.sites[1 - i];
-                let ns = s.site_ns.name();
-                let child = Command::new("ip")
-                    .args(["netns", "exec", ns, "wireguard-go", "-f", "wg0"])
-                    .env("WG_PROCESS_FOREGROUND", "1")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| e.to_string())?;
-                children.push(child);
-                let key_file = ov.dir.join(format!("wg{i}.key"));
-                std::fs::write(&key_file, &keys[i].0).map_err(|e| e.to_string())?;
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while in_ns(ns, &["ip", "link", "show", "wg0"]).is_err()
-                    && Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(50));
+            let setup = |children: &mut Vec<Child>| -> Result<(), String> {
+                for (i, s) in ov.sites.iter().enumerate() {
+                    let other = &ov.sites[1 - i];
+                    let ns = s.site_ns.name();
+                    // wireguard-go's control socket lives in /var/run/wireguard, shared by all
+                    // namespaces: each side needs its own interface name.
+                    let dev = format!("wg{i}");
+                    let child = Command::new("ip")
+                        .args(["netns", "exec", ns, "wireguard-go", "-f", &dev])
+                        .env("WG_PROCESS_FOREGROUND", "1")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .map_err(|e| e.to_string())?;
+                    children.push(child);
+                    let key_file = ov.dir.join(format!("wg{i}.key"));
+                    std::fs::write(&key_file, &keys[i].0).map_err(|e| e.to_string())?;
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while in_ns(ns, &["ip", "link", "show", &dev]).is_err()
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    in_ns(
+                        ns,
+                        &[
+                            "wg",
+                            "set",
+                            &dev,
+                            "private-key",
+                            &key_file.to_string_lossy(),
+                            "listen-port",
+                            "51820",
+                            "peer",
+                            &keys[1 - i].1,
+                            "endpoint",
+                            &format!("{}:51820", other.underlay),
+                            "allowed-ips",
+                            &other.prefix.to_string(),
+                        ],
+                    )?;
+                    in_ns(ns, &["ip", "link", "set", &dev, "mtu", "1420", "up"])?;
+                    in_ns(
+                        ns,
+                        &[
+                            "ip",
+                            "-6",
+                            "route",
+                            "add",
+                            &other.prefix.to_string(),
+                            "dev",
+                            &dev,
+                        ],
+                    )?;
                 }
-                in_ns(
-                    ns,
-                    &[
-                        "wg",
-                        "set",
-                        "wg0",
-                        "private-key",
-                        &key_file.to_string_lossy(),
-                        "listen-port",
-                        "51820",
-                        "peer",
-                        &keys[1 - i].1,
-                        "endpoint",
-                        &format!("{}:51820", other.underlay),
-                        "allowed-ips",
-                        &other.prefix.to_string(),
-                    ],
-                )?;
-                in_ns(ns, &["ip", "link", "set", "wg0", "mtu", "1420", "up"])?;
-                in_ns(
-                    ns,
-                    &[
-                        "ip",
-                        "-6",
-                        "route",
-                        "add",
-                        &other.prefix.to_string(),
-                        "dev",
-                        "wg0",
-                    ],
-                )?;
+                Ok(())
+            };
+            if let Err(e) = setup(&mut children) {
+                for mut c in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(e);
             }
             Ok(children)
         }

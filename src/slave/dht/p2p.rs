@@ -68,7 +68,8 @@ pub struct P2p {
     verified: HashMap<PeerId, NodeIdentity>,
     asked: HashSet<PeerId>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    gets: HashMap<QueryId, Vec<SignedEntry>>,
+    /// Entries gathered per get, and how many copies with valid entries arrived.
+    gets: HashMap<QueryId, (Vec<SignedEntry>, u32)>,
     record_ttl: Duration,
     stats: P2pStats,
     /// Live outgoing connections per dialed address (bootstrap peers are re-dialed until connected).
@@ -282,7 +283,7 @@ impl P2p {
     pub fn get(&mut self, key: RecordKey) -> QueryId {
         self.stats.gets += 1;
         let id = self.swarm.behaviour_mut().kad.get_record(key);
-        self.gets.insert(id, Vec::new());
+        self.gets.insert(id, (Vec::new(), 0));
         id
     }
 
@@ -444,10 +445,9 @@ impl P2p {
                         ..
                     },
             } => {
-                if !self.verified.contains_key(&source) {
-                    tracing::debug!(%source, "put from a peer that is not a fleet member ignored");
-                    return None;
-                }
+                // Entries are self-certifying (certificate and signature inside), so a put
+                // is judged entry by entry, even when it beats the sender's membership proof.
+                let _ = source;
                 let entries = self.decode_valid(&record.value);
                 if !entries.is_empty() {
                     self.store_merged(record.key, entries);
@@ -464,12 +464,15 @@ impl P2p {
                 QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                     let entries = self.decode_valid(&found.record.value);
                     let useful = !entries.is_empty();
+                    let mut enough = false;
                     if let Some(acc) = self.gets.get_mut(&id) {
-                        record::merge(acc, entries, now_unix());
+                        record::merge(&mut acc.0, entries, now_unix());
+                        acc.1 += useful as u32;
+                        enough = acc.1 >= 2;
                     }
-                    // Storing nodes merge every entry under a key, so the first valid
-                    // record is complete: answer now and stop the query.
-                    if useful || step.last {
+                    // Storing nodes merge every entry under a key; the union of two of
+                    // their copies is complete in practice: answer then and stop the query.
+                    if enough || step.last {
                         if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                             q.finish();
                         }
@@ -493,7 +496,7 @@ impl P2p {
     }
 
     fn finish(&mut self, id: QueryId) -> Option<P2pEvent> {
-        let entries = self.gets.remove(&id)?;
+        let (entries, _) = self.gets.remove(&id)?;
         Some(P2pEvent::GetDone { query: id, entries })
     }
 }
