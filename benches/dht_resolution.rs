@@ -38,7 +38,7 @@ fn site_prefixes(i: usize, n: usize) -> Vec<Ipv6Net> {
         vec![Ipv6Net::new(Ipv6Addr::new(0xfd6e, 0, i as u16 + 1, 0, 0, 0, 0, 0), 48).unwrap()];
     // Every fifth site also owns a /56 inside the next site's /48 (and one a /64 on
     // the same network address): lookups must pick the longest covering prefix.
-    if i % 5 == 0 && i + 1 < n {
+    if i.is_multiple_of(5) && i + 1 < n {
         v.push(
             Ipv6Net::new(
                 Ipv6Addr::new(0xfd6e, 0, i as u16 + 2, 0xab00, 0, 0, 0, 0),
