@@ -26,8 +26,9 @@
 //! - [`control`]: the versioned control protocol between slaves and masters.
 //! - [`master`]: the routing state machine ([`master::Master`]), its table,
 //!   its tokio driver and the QUIC sessions of remote slaves.
-//! - [`slave`]: slaves (`gateway`: TUN; `tunnel`: static QUIC tunnels) and
-//!   the [`slave::MasterPort`] through which they see their master.
+//! - [`slave`]: slaves (`gateway`: TUN; `tunnel`: static QUIC tunnels; `dht`:
+//!   libp2p Kademlia prefix-to-site mapping with a pure resolver) and the
+//!   [`slave::MasterPort`] through which they see their master.
 //! - [`transport`]: quinn endpoints with fleet mutual TLS and tunnel-safe MTU.
 //! - [`pki`]: the fleet CA, node certificates with role and prefixes, revocation.
 //! - [`config`]: site and slave TOML files. [`site`]: a site process,

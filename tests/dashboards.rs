@@ -218,25 +218,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     assert!(body.contains("on6_dht_resolution_seconds_bucket"), "{body}");
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_check_metrics(&body);
 
     let mut failures = Vec::new();
     let mut checked = 0;

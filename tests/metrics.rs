@@ -54,25 +54,7 @@ fn metrics_are_clean_and_move_with_traffic() {
     let before = scrape(&ov, 0);
 
     // The exposition passes Prometheus' own linter.
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (installed by scripts/setup.sh)");
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(before.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::promtool_check_metrics(&before);
 
     const N: u32 = 20;
     let dst = ov.sites[1].host_addr;

@@ -59,3 +59,28 @@ pub fn check(ov: &Overlay, ok: bool, what: &str) {
         panic!("{what}\n--- logs ---\n{}", ov.logs_tail(40));
     }
 }
+
+/// Runs `promtool check metrics` on an exposition and fails with its complaints.
+pub fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by scripts/setup.sh)");
+    if let Some(mut stdin) = lint.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("writing to promtool");
+    }
+    let out = lint.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
