@@ -135,7 +135,6 @@ async fn spawn_nodes(n: usize, base_port: u16) -> Vec<Node> {
             peers,
             prefixes,
         });
-        let _ = (cert, key);
         if i % 20 == 19 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

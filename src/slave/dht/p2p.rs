@@ -440,14 +440,12 @@ impl P2p {
             kad::Event::InboundRequest {
                 request:
                     kad::InboundRequest::PutRecord {
-                        source,
                         record: Some(record),
                         ..
                     },
             } => {
                 // Entries are self-certifying (certificate and signature inside), so a put
                 // is judged entry by entry, even when it beats the sender's membership proof.
-                let _ = source;
                 let entries = self.decode_valid(&record.value);
                 if !entries.is_empty() {
                     self.store_merged(record.key, entries);
