@@ -276,7 +276,12 @@ async fn run(n: usize, resolutions: usize, base_port: u16) -> Vec<Row> {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // DHT_BENCH_SETTLE_S: how long puts may take to land before lookups start.
+    let settle = std::env::var("DHT_BENCH_SETTLE_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let all: Vec<(Ipv6Net, String)> = nodes
         .iter()
         .enumerate()
@@ -367,7 +372,8 @@ fn main() {
     };
     let mut rows = Vec::new();
     for (i, (n, r)) in plan.iter().enumerate() {
-        let base = 41000 + (std::process::id() % 50) as u16 * 400 + i as u16 * 210;
+        // Below the ephemeral range (32768+): outgoing connections must never take a node's port.
+        let base = 10000 + (std::process::id() % 40) as u16 * 500 + i as u16 * 210;
         rows.extend(runtime.block_on(run(*n, *r, base)));
     }
     println!("\nDHT resolution cost (libp2p Kademlia, in-process nodes on loopback)\n");
