@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 enum Cmd {
     Publish(Vec<(Ipv6Addr, SignedEntry)>),
     Get(Ipv6Addr, oneshot::Sender<Vec<SignedEntry>>),
+    Stored(Ipv6Addr, oneshot::Sender<bool>),
 }
 
 struct Node {
@@ -111,6 +112,9 @@ async fn spawn_nodes(n: usize, base_port: u16) -> Vec<Node> {
                             for (key, e) in entries {
                                 node.publish(p2p::key_for(key), vec![e]);
                             }
+                        }
+                        Some(Cmd::Stored(key, reply)) => {
+                            let _ = reply.send(node.stored(&p2p::key_for(key)));
                         }
                         Some(Cmd::Get(key, reply)) => {
                             pending.insert(node.get(p2p::key_for(key)), reply);
@@ -326,10 +330,16 @@ async fn run(n: usize, resolutions: usize, base_port: u16) -> Vec<Row> {
             let (found, g, l) = resolve_once(&nodes[*from], mode.clone(), *dst).await;
             if found != naive(&all, *dst) {
                 if wrong < 3 {
-                    eprintln!(
-                        "  {label}: {dst} resolved to {found:?}, longest covering prefix is {:?}",
-                        naive(&all, *dst)
-                    );
+                    let want = naive(&all, *dst);
+                    let mut holders = 0;
+                    if let Some(p) = want {
+                        for node in &nodes {
+                            let (tx, rx) = oneshot::channel();
+                            node.cmds.send(Cmd::Stored(p.network(), tx)).await.unwrap();
+                            holders += rx.await.unwrap_or(false) as usize;
+                        }
+                    }
+                    eprintln!("  {label}: {dst} resolved to {found:?}, longest covering prefix is {want:?}, stored on {holders} nodes");
                 }
                 wrong += 1;
             }

@@ -268,6 +268,9 @@ pub async fn run(
                         resolver.handle_get(id, entries.iter().filter_map(to_entry).collect(), now);
                     }
                 }
+                P2pEvent::PutFailed => {
+                    next_publish = next_publish.min(now + Duration::from_secs(5));
+                }
                 P2pEvent::PeerAdmitted(_) => {
                     // A newcomer may be among the closest nodes to our keys: publish again soon (at most once a second).
                     next_publish = next_publish.min((last_publish + Duration::from_secs(1)).max(now));

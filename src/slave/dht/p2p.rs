@@ -59,6 +59,8 @@ pub enum P2pEvent {
     },
     /// A new fleet member was admitted (a good moment to publish).
     PeerAdmitted(PeerId),
+    /// A put reached no other node (timeouts, a table still filling): publish again soon.
+    PutFailed,
 }
 
 pub struct P2p {
@@ -178,6 +180,16 @@ impl P2p {
                 self.dialed.remove(addr);
             }
         }
+    }
+
+    /// Whether this node's own store holds a record under `key`.
+    pub fn stored(&mut self, key: &RecordKey) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .get(key)
+            .is_some()
     }
 
     pub fn local_peer_id(&self) -> PeerId {
@@ -485,6 +497,7 @@ impl P2p {
                 QueryResult::PutRecord(Err(e)) => {
                     self.stats.puts_failed += 1;
                     tracing::debug!(error = %e, "DHT put incomplete");
+                    return Some(P2pEvent::PutFailed);
                 }
                 _ => {}
             },
