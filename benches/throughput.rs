@@ -153,30 +153,22 @@ fn start_peer(peer: Peer, ov: &Overlay) -> Result<Vec<Child>, String> {
     match peer {
         Peer::On6 => Ok(vec![]),
         Peer::Native => {
-            in_ns(
-                a.site_ns.name(),
-                &[
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    &b.prefix.to_string(),
-                    "via",
-                    &underlay_v6(1).to_string(),
-                ],
-            )?;
-            in_ns(
-                b.site_ns.name(),
-                &[
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    &a.prefix.to_string(),
-                    "via",
-                    &underlay_v6(0).to_string(),
-                ],
-            )?;
+            // Plain IPv6 routing over the underlay: each site routes the other's prefix to it.
+            for (from, to) in [(a, 1), (b, 0)] {
+                let other = &ov.sites[to].prefix.to_string();
+                in_ns(
+                    from.site_ns.name(),
+                    &[
+                        "ip",
+                        "-6",
+                        "route",
+                        "add",
+                        other,
+                        "via",
+                        &underlay_v6(to).to_string(),
+                    ],
+                )?;
+            }
             Ok(vec![])
         }
         Peer::WireguardGo => {
