@@ -78,6 +78,24 @@ struct Row {
     note: String,
 }
 
+impl Row {
+    /// A peer that produced no measurement, and why.
+    fn unmeasured(peer: &'static str, note: impl Into<String>) -> Row {
+        Row {
+            peer,
+            loss_pct: 0.0,
+            delay_ms: 0,
+            congestion: "-",
+            streams: 0,
+            mbit_s: None,
+            rtt_p50_ms: None,
+            cpu_s_per_gb: None,
+            peak_rss_mib: None,
+            note: note.into(),
+        }
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
@@ -376,18 +394,7 @@ fn main() {
     if wg {
         peers.push(Peer::WireguardGo);
     } else {
-        rows.push(Row {
-            peer: "wireguard-go",
-            loss_pct: 0.0,
-            delay_ms: 0,
-            congestion: "-",
-            streams: 0,
-            mbit_s: None,
-            rtt_p50_ms: None,
-            cpu_s_per_gb: None,
-            peak_rss_mib: None,
-            note: "could not be installed".into(),
-        });
+        rows.push(Row::unmeasured("wireguard-go", "could not be installed"));
     }
     let started = Instant::now();
     for peer in peers {
@@ -395,18 +402,10 @@ fn main() {
         let children = match start_peer(peer, &ov) {
             Ok(c) => c,
             Err(e) => {
-                rows.push(Row {
-                    peer: peer.name(),
-                    loss_pct: 0.0,
-                    delay_ms: 0,
-                    congestion: "-",
-                    streams: 0,
-                    mbit_s: None,
-                    rtt_p50_ms: None,
-                    cpu_s_per_gb: None,
-                    peak_rss_mib: None,
-                    note: format!("failed to start: {e}"),
-                });
+                rows.push(Row::unmeasured(
+                    peer.name(),
+                    format!("failed to start: {e}"),
+                ));
                 continue;
             }
         };
@@ -465,18 +464,7 @@ fn main() {
         drop(ov);
     }
     for (peer, why) in NOT_RUN {
-        rows.push(Row {
-            peer,
-            loss_pct: 0.0,
-            delay_ms: 0,
-            congestion: "-",
-            streams: 0,
-            mbit_s: None,
-            rtt_p50_ms: None,
-            cpu_s_per_gb: None,
-            peak_rss_mib: None,
-            note: why.to_string(),
-        });
+        rows.push(Row::unmeasured(peer, *why));
     }
 
     let mut md = String::from("| peer | loss % | delay ms | inner CC | streams | Mbit/s | RTT p50 ms | CPU s/GB | peak RSS MiB | note |\n|---|---|---|---|---|---|---|---|---|---|\n");
