@@ -326,7 +326,11 @@ impl Master {
     }
 
     fn count(&mut self, reason: DropReason) {
-        *self.stats.drops.entry(reason.as_str()).or_default() += 1;
+        self.count_n(reason, 1);
+    }
+
+    fn count_n(&mut self, reason: DropReason, n: u64) {
+        *self.stats.drops.entry(reason.as_str()).or_default() += n;
     }
 
     fn reply(&mut self, to: SlaveId, packet: Vec<u8>, dropped: Option<DropReason>) -> Verdict {
@@ -448,8 +452,8 @@ impl Master {
     }
 
     /// A forwarded packet the egress queue could not take.
-    pub fn count_queue_full(&mut self) {
-        self.count(DropReason::QueueFull);
+    pub fn count_queue_full(&mut self, packets: u64) {
+        self.count_n(DropReason::QueueFull, packets);
     }
 
     pub fn stats(&self) -> &MasterStats {

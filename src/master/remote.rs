@@ -2,7 +2,7 @@
 //! on the master's listener. The control stream and datagrams are turned into
 //! the same events an in-process slave produces.
 
-use super::driver::{Downlink, MasterHandle};
+use super::driver::{Downlink, MasterHandle, MAX_BATCH};
 use super::SessionInfo;
 use crate::control::ControlMessage;
 use crate::pki::Role;
@@ -128,27 +128,27 @@ async fn session(
         }
     };
     let datagrams_in = async {
-        loop {
-            match conn.read_datagram().await {
-                Ok(d) => {
-                    if master.packet(id, BytesMut::from(d)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
+        while let Ok(batch) = transport::read_datagrams(&conn, MAX_BATCH).await {
+            let batch = batch.into_iter().map(BytesMut::from).collect();
+            if master.packets(id, batch).is_err() {
+                return;
             }
         }
     };
     let out = async {
         while let Some(msg) = down.recv().await {
             match msg {
-                Downlink::Packet(p) => match conn.send_datagram(p) {
-                    Ok(()) => {}
-                    Err(quinn::SendDatagramError::ConnectionLost(_)) => return None,
-                    Err(e) => {
-                        tracing::debug!(peer = %identity.name, error = %e, "datagram not sent")
+                Downlink::Packets(packets) => {
+                    for p in packets {
+                        match conn.send_datagram(p) {
+                            Ok(()) => {}
+                            Err(quinn::SendDatagramError::ConnectionLost(_)) => return None,
+                            Err(e) => {
+                                tracing::debug!(peer = %identity.name, error = %e, "datagram not sent")
+                            }
+                        }
                     }
-                },
+                }
                 Downlink::Control(m) => {
                     if transport::write_control(&mut send, &m).await.is_err() {
                         return None;

@@ -8,11 +8,11 @@ pub mod gateway;
 pub mod tunnel;
 
 use crate::control::ControlMessage;
-use crate::master::driver::{Downlink, MasterHandle};
+use crate::master::driver::{downlink, Downlink, DownlinkRx, MasterHandle, MAX_BATCH};
 use crate::master::{SessionInfo, SlaveId};
 use crate::pki::Credentials;
 use crate::transport::{self, TransportError, TransportOptions};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -57,18 +57,28 @@ pub enum Uplink {
 impl Uplink {
     /// Sends a packet without waiting; an overloaded path drops and counts.
     pub fn packet(&self, packet: BytesMut) -> Result<(), SlaveError> {
+        self.packets(vec![packet])
+    }
+
+    /// Sends a batch without waiting: in-process it is one hand-off to the
+    /// master; an overloaded path drops and counts.
+    pub fn packets(&self, batch: Vec<BytesMut>) -> Result<(), SlaveError> {
         match self {
             Uplink::Local { id, master } => master
-                .packet(*id, packet)
+                .packets(*id, batch)
                 .map_err(|_| SlaveError::MasterGone),
-            Uplink::Remote { conn, .. } => match conn.send_datagram(packet.freeze()) {
-                Ok(()) => Ok(()),
-                Err(quinn::SendDatagramError::ConnectionLost(_)) => Err(SlaveError::MasterGone),
-                Err(e) => {
-                    tracing::debug!(error = %e, "datagram to master not sent");
-                    Ok(())
+            Uplink::Remote { conn, .. } => {
+                for packet in batch {
+                    match conn.send_datagram(packet.freeze()) {
+                        Ok(()) => {}
+                        Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                            return Err(SlaveError::MasterGone)
+                        }
+                        Err(e) => tracing::debug!(error = %e, "datagram to master not sent"),
+                    }
                 }
-            },
+                Ok(())
+            }
         }
     }
 
@@ -95,7 +105,7 @@ impl Uplink {
 
 pub struct MasterPort {
     pub up: Uplink,
-    down: mpsc::Receiver<Downlink>,
+    down: DownlinkRx,
     /// Messages that arrived while `hello` waited for its answer.
     backlog: VecDeque<Downlink>,
 }
@@ -117,7 +127,7 @@ impl MasterPort {
                     return Err(SlaveError::MasterError(reason))
                 }
                 Some(Downlink::Close { reason }) => return Err(SlaveError::MasterError(reason)),
-                Some(Downlink::Packet(_)) => continue,
+                Some(Downlink::Packets(_)) => continue,
                 Some(Downlink::Control(other)) => {
                     return Err(SlaveError::Unexpected(format!("{other:?}")))
                 }
@@ -125,7 +135,7 @@ impl MasterPort {
             }
         };
         // Refusals follow the Accepted message at once; anything else is kept for `recv`.
-        while let Ok(msg) = self.down.try_recv() {
+        while let Some(msg) = self.down.try_recv() {
             match msg {
                 Downlink::Control(ControlMessage::Refused { prefix, reason }) => {
                     return Err(SlaveError::Refused {
@@ -144,6 +154,22 @@ impl MasterPort {
         match self.backlog.pop_front() {
             Some(m) => Some(m),
             None => self.down.recv().await,
+        }
+    }
+
+    /// Packets the master has already queued, if the next message carries
+    /// packets: lets a slave write several batches at once. Anything else
+    /// stays queued for [`MasterPort::recv`].
+    pub fn try_recv_packets(&mut self) -> Option<Vec<Bytes>> {
+        if !self.backlog.is_empty() {
+            return None;
+        }
+        match self.down.try_recv()? {
+            Downlink::Packets(p) => Some(p),
+            other => {
+                self.backlog.push_back(other);
+                None
+            }
         }
     }
 }
@@ -196,7 +222,7 @@ pub async fn connect_remote(
         .await
         .map_err(TransportError::from)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
-    let (down_tx, down) = mpsc::channel(crate::master::driver::SLAVE_QUEUE);
+    let (down_tx, down) = downlink();
     let (control_tx, mut control_rx) = mpsc::channel::<ControlMessage>(16);
 
     // The writer owns the send stream; the endpoint lives as long as it does.
@@ -231,9 +257,8 @@ pub async fn connect_remote(
     });
     let dgram_conn = conn.clone();
     tokio::spawn(async move {
-        while let Ok(d) = dgram_conn.read_datagram().await {
-            if let Err(mpsc::error::TrySendError::Closed(_)) = down_tx.try_send(Downlink::Packet(d))
-            {
+        while let Ok(batch) = transport::read_datagrams(&dgram_conn, MAX_BATCH).await {
+            if !down_tx.try_send(Downlink::Packets(batch)) && down_tx.is_closed() {
                 break;
             }
         }

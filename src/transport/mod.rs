@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cc;
+
 pub const ALPN: &[u8] = b"on6/1";
 /// Bytes a 1-RTT QUIC packet adds around a datagram (header, frame, AEAD tag).
 pub const DATAGRAM_OVERHEAD: u16 = 38;
@@ -85,6 +87,7 @@ pub fn transport_config(opts: &TransportOptions) -> Result<Arc<TransportConfig>,
         .map_err(|e| TransportError::QuicTls(e.to_string()))?;
     t.max_idle_timeout(Some(idle));
     t.keep_alive_interval(Some(opts.idle_timeout / 3));
+    t.congestion_controller_factory(Arc::new(cc::TunnelCcConfig::default()));
     // A router wants short queues: a few ms of packets, not hundreds.
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(1 << 20);
@@ -181,6 +184,24 @@ pub fn peer_identity(conn: &Connection) -> Result<NodeIdentity, TransportError> 
         .map_err(|_| TransportError::NoPeerCertificate)?;
     let leaf = certs.first().ok_or(TransportError::NoPeerCertificate)?;
     Ok(NodeIdentity::from_der(leaf)?)
+}
+
+/// Waits for a datagram, then takes every one already received, up to `max`:
+/// one wake-up and one hand-off per burst instead of per packet.
+pub async fn read_datagrams(
+    conn: &Connection,
+    max: usize,
+) -> Result<Vec<bytes::Bytes>, quinn::ConnectionError> {
+    use futures::FutureExt;
+    let mut batch = vec![conn.read_datagram().await?];
+    while batch.len() < max {
+        match conn.read_datagram().now_or_never() {
+            Some(Ok(d)) => batch.push(d),
+            // An error comes back on the next call; deliver what we have first.
+            _ => break,
+        }
+    }
+    Ok(batch)
 }
 
 /// Reads one control frame; `Ok(None)` when the peer finished the stream cleanly.

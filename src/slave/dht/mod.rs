@@ -14,7 +14,7 @@ pub mod resolve;
 
 use super::{MasterPort, SlaveError, Uplink};
 use crate::control::{ControlMessage, SlaveKind};
-use crate::master::driver::Downlink;
+use crate::master::driver::{Downlink, MAX_BATCH};
 use crate::packet::{self, IcmpError, Ipv6Packet};
 use crate::pki::{Credentials, Role};
 use crate::transport::{self, close, TransportOptions};
@@ -246,12 +246,14 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             msg = port.recv() => match msg {
-                Some(Downlink::Packet(p)) => {
-                    let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
-                    match resolver.resolve(dst, p, now) {
-                        Resolution::Hit(entry, p) => send(&mut conns, &endpoint, &entry, p, &ctx),
-                        Resolution::Miss(p) => unreachable(&port.up, router, &p, &mut scratch, &shared),
-                        Resolution::Queued | Resolution::Dropped(_) => {}
+                Some(Downlink::Packets(packets)) => {
+                    for p in packets {
+                        let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
+                        match resolver.resolve(dst, p, now) {
+                            Resolution::Hit(entry, p) => send(&mut conns, &endpoint, &entry, p, &ctx),
+                            Resolution::Miss(p) => unreachable(&port.up, router, &p, &mut scratch, &shared),
+                            Resolution::Queued | Resolution::Dropped(_) => {}
+                        }
                     }
                 }
                 Some(Downlink::Control(ControlMessage::Served { prefixes })) => {
@@ -560,49 +562,50 @@ async fn accept(endpoint: quinn::Endpoint, ctx: Ctx) {
 /// "not mine"; anything else is dropped and counted.
 async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ctx) {
     let (up, served, shared) = (&ctx.up, &ctx.served, &ctx.shared);
-    while let Ok(d) = conn.read_datagram().await {
-        match d.first() {
-            Some(&SIGNAL_NOT_MINE) => {
-                if let Some(dst) = d.get(1..17).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
-                    let _ = ctx
-                        .events
-                        .send(ConnEvent::NotMine(Ipv6Addr::from(dst)))
-                        .await;
+    while let Ok(datagrams) = transport::read_datagrams(&conn, MAX_BATCH).await {
+        let served = served.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut batch = Vec::with_capacity(datagrams.len());
+        for d in datagrams {
+            match d.first() {
+                Some(&SIGNAL_NOT_MINE) => {
+                    if let Some(dst) = d.get(1..17).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                        let _ = ctx
+                            .events
+                            .send(ConnEvent::NotMine(Ipv6Addr::from(dst)))
+                            .await;
+                    }
+                    continue;
                 }
+                Some(b) if b >> 4 == 6 => {}
+                _ => {
+                    bump(&shared.malformed, 1);
+                    continue;
+                }
+            }
+            let (src, dst) = match Ipv6Packet::new_checked(&d[..]) {
+                Ok(p) => (p.src(), p.dst()),
+                Err(_) => {
+                    bump(&shared.malformed, 1);
+                    continue;
+                }
+            };
+            if !id.covers_addr(&src) {
+                bump(&shared.spoofed, 1);
                 continue;
             }
-            Some(b) if b >> 4 == 6 => {}
-            _ => {
-                bump(&shared.malformed, 1);
+            let mine = served.iter().any(|p| p.contains(&dst));
+            if !mine {
+                bump(&shared.not_mine_sent, 1);
+                let mut signal = vec![SIGNAL_NOT_MINE];
+                signal.extend_from_slice(&dst.octets());
+                let _ = conn.send_datagram(Bytes::from(signal));
                 continue;
             }
+            bump(&shared.rx_packets, 1);
+            bump(&shared.rx_bytes, d.len() as u64);
+            batch.push(BytesMut::from(d));
         }
-        let (src, dst) = match Ipv6Packet::new_checked(&d[..]) {
-            Ok(p) => (p.src(), p.dst()),
-            Err(_) => {
-                bump(&shared.malformed, 1);
-                continue;
-            }
-        };
-        if !id.covers_addr(&src) {
-            bump(&shared.spoofed, 1);
-            continue;
-        }
-        let mine = served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|p| p.contains(&dst));
-        if !mine {
-            bump(&shared.not_mine_sent, 1);
-            let mut signal = vec![SIGNAL_NOT_MINE];
-            signal.extend_from_slice(&dst.octets());
-            let _ = conn.send_datagram(Bytes::from(signal));
-            continue;
-        }
-        bump(&shared.rx_packets, 1);
-        bump(&shared.rx_bytes, d.len() as u64);
-        if up.packet(BytesMut::from(d)).is_err() {
+        if up.packets(batch).is_err() {
             return;
         }
     }

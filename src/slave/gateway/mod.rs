@@ -5,12 +5,13 @@
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::Downlink;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use serde::Serialize;
 use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -67,6 +68,103 @@ async fn ip(args: &[&str]) -> Result<(), SlaveError> {
     Ok(())
 }
 
+/// Reads the TUN a super-packet at a time, split into MTU-sized packets that
+/// share one allocation.
+struct TunReader {
+    raw: Vec<u8>,
+    segments: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    arena: BytesMut,
+}
+
+impl TunReader {
+    fn new(mtu: u16) -> Self {
+        TunReader {
+            raw: vec![0; VIRTIO_NET_HDR_LEN + 65535],
+            segments: vec![vec![0; mtu as usize]; IDEAL_BATCH_SIZE],
+            sizes: vec![0; IDEAL_BATCH_SIZE],
+            arena: BytesMut::new(),
+        }
+    }
+
+    async fn read(&mut self, dev: &AsyncDevice, stats: &GatewayStats) -> Vec<BytesMut> {
+        let n = match dev
+            .recv_multiple(&mut self.raw, &mut self.segments, &mut self.sizes, 0)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                add(&stats.tun_errors, 1);
+                tracing::warn!(error = %e, "TUN read failed");
+                return Vec::new();
+            }
+        };
+        let total: usize = self.sizes[..n].iter().sum();
+        add(&stats.tun_rx_packets, n as u64);
+        add(&stats.tun_rx_bytes, total as u64);
+        self.arena.reserve(total);
+        let mut batch = Vec::with_capacity(n);
+        for (segment, &len) in self.segments.iter().zip(&self.sizes).take(n) {
+            let packet = &segment[..len];
+            if link_scoped(packet) {
+                add(&stats.link_local, 1);
+                continue;
+            }
+            self.arena.extend_from_slice(packet);
+            batch.push(self.arena.split());
+        }
+        batch
+    }
+}
+
+/// Collects packets for the TUN and writes them in one go, coalescing TCP and
+/// UDP flows into super-packets (GRO) so the kernel's stack runs once per
+/// flow and batch rather than once per packet.
+#[derive(Default)]
+struct TunWriter {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+    gro: GROTable,
+}
+
+impl TunWriter {
+    fn full(&self) -> bool {
+        self.len >= IDEAL_BATCH_SIZE
+    }
+
+    fn push(&mut self, packets: Vec<Bytes>) {
+        for p in packets {
+            if self.bufs.len() == self.len {
+                self.bufs.push(Vec::new());
+            }
+            let buf = &mut self.bufs[self.len];
+            buf.clear();
+            buf.resize(VIRTIO_NET_HDR_LEN, 0);
+            buf.extend_from_slice(&p);
+            self.len += 1;
+        }
+    }
+
+    async fn write(&mut self, dev: &AsyncDevice, stats: &GatewayStats) {
+        let bufs = &mut self.bufs[..self.len];
+        let bytes: usize = bufs.iter().map(|b| b.len() - VIRTIO_NET_HDR_LEN).sum();
+        match dev
+            .send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN)
+            .await
+        {
+            Ok(_) => {
+                add(&stats.tun_tx_packets, self.len as u64);
+                add(&stats.tun_tx_bytes, bytes as u64);
+            }
+            Err(e) => {
+                add(&stats.tun_errors, 1);
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+        }
+        self.len = 0;
+    }
+}
+
 /// Runs the gateway until the master goes away or `shutdown` resolves. The
 /// TUN device (and with it its routes) is removed when this returns.
 pub async fn run(
@@ -79,6 +177,9 @@ pub async fn run(
         .name(&cfg.tun_name)
         .mtu(cfg.mtu)
         .ipv6(cfg.address, 128u8)
+        // Offload: the kernel hands us 64 KB TCP/UDP super-packets (split
+        // here into MTU-sized ones) and takes coalesced ones back.
+        .offload(true)
         .build_async()
         .map_err(SlaveError::Tun)?;
     for route in &cfg.routes {
@@ -103,40 +204,28 @@ pub async fn run(
     let (accepted, router) = port.hello(hello).await?;
     tracing::info!(tun = %cfg.tun_name, prefixes = ?accepted, %router, mtu = cfg.mtu, "gateway up");
 
-    let mut buf = vec![0u8; 65536];
+    let mut reader = TunReader::new(cfg.mtu);
+    let mut writer = TunWriter::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            r = dev.recv(&mut buf) => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) => {
-                        add(&stats.tun_errors, 1);
-                        tracing::warn!(error = %e, "TUN read failed");
-                        continue;
-                    }
-                };
-                add(&stats.tun_rx_packets, 1);
-                add(&stats.tun_rx_bytes, n as u64);
-                let packet = &buf[..n];
-                if link_scoped(packet) {
-                    add(&stats.link_local, 1);
-                    continue;
+            r = reader.read(&dev, &stats) => {
+                if !r.is_empty() {
+                    port.up.packets(r)?;
                 }
-                port.up.packet(BytesMut::from(packet))?;
             }
             msg = port.recv() => match msg {
-                Some(Downlink::Packet(p)) => match dev.send(&p).await {
-                    Ok(_) => {
-                        add(&stats.tun_tx_packets, 1);
-                        add(&stats.tun_tx_bytes, p.len() as u64);
+                Some(Downlink::Packets(first)) => {
+                    writer.push(first);
+                    while !writer.full() {
+                        match port.try_recv_packets() {
+                            Some(more) => writer.push(more),
+                            None => break,
+                        }
                     }
-                    Err(e) => {
-                        add(&stats.tun_errors, 1);
-                        tracing::debug!(error = %e, "TUN write failed");
-                    }
-                },
+                    writer.write(&dev, &stats).await;
+                }
                 Some(Downlink::Control(ControlMessage::Refused { prefix, reason })) => {
                     tracing::warn!(?prefix, %reason, "master refused an announcement");
                 }

@@ -7,7 +7,7 @@
 
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
-use crate::master::driver::Downlink;
+use crate::master::driver::{Downlink, MAX_BATCH};
 use crate::master::RoutingTable;
 use crate::packet::Ipv6Packet;
 use crate::pki::{Credentials, NodeIdentity, Role};
@@ -215,20 +215,22 @@ pub async fn run(
                 }
             }
             msg = port.recv() => match msg {
-                Some(Downlink::Packet(p)) => {
-                    let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
-                    let Some((_, &i)) = routes.lookup(dst) else { continue };
-                    let Some(conn) = conns[i].first() else {
-                        bump(&shared.no_connection, 1);
-                        continue;
-                    };
-                    let len = p.len() as u64;
-                    match conn.send_datagram(p) {
-                        Ok(()) => {
-                            bump(&stats[i].tx_packets, 1);
-                            bump(&stats[i].tx_bytes, len);
+                Some(Downlink::Packets(packets)) => {
+                    for p in packets {
+                        let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
+                        let Some((_, &i)) = routes.lookup(dst) else { continue };
+                        let Some(conn) = conns[i].first() else {
+                            bump(&shared.no_connection, 1);
+                            continue;
+                        };
+                        let len = p.len() as u64;
+                        match conn.send_datagram(p) {
+                            Ok(()) => {
+                                bump(&stats[i].tx_packets, 1);
+                                bump(&stats[i].tx_bytes, len);
+                            }
+                            Err(e) => tracing::debug!(peer = %peers[i].name, error = %e, "datagram not sent"),
                         }
-                        Err(e) => tracing::debug!(peer = %peers[i].name, error = %e, "datagram not sent"),
                     }
                 }
                 Some(Downlink::Control(m)) => tracing::debug!(?m, "control message"),
@@ -253,23 +255,27 @@ async fn receive(
         Ok(id) => id,
         Err(_) => return,
     };
-    while let Ok(d) = conn.read_datagram().await {
-        let src = match Ipv6Packet::new_checked(&d[..]) {
-            Ok(p) => p.src(),
-            Err(e) => {
-                bump(&stats.malformed, 1);
-                tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
+    while let Ok(datagrams) = transport::read_datagrams(&conn, MAX_BATCH).await {
+        let mut batch = Vec::with_capacity(datagrams.len());
+        for d in datagrams {
+            let src = match Ipv6Packet::new_checked(&d[..]) {
+                Ok(p) => p.src(),
+                Err(e) => {
+                    bump(&stats.malformed, 1);
+                    tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
+                    continue;
+                }
+            };
+            if !identity.covers_addr(&src) {
+                bump(&stats.spoofed, 1);
+                tracing::debug!(peer = %peer.name, %src, "source outside the peer's certificate");
                 continue;
             }
-        };
-        if !identity.covers_addr(&src) {
-            bump(&stats.spoofed, 1);
-            tracing::debug!(peer = %peer.name, %src, "source outside the peer's certificate");
-            continue;
+            bump(&stats.rx_packets, 1);
+            bump(&stats.rx_bytes, d.len() as u64);
+            batch.push(BytesMut::from(d));
         }
-        bump(&stats.rx_packets, 1);
-        bump(&stats.rx_bytes, d.len() as u64);
-        if up.packet(BytesMut::from(d)).is_err() {
+        if up.packets(batch).is_err() {
             return;
         }
     }
