@@ -46,6 +46,7 @@ struct DhtView {
     rx_packets: u64,
     spoofed: u64,
     malformed: u64,
+    send_queue_full: u64,
     not_mine_sent: u64,
     not_mine_received: u64,
     unreachable: u64,
@@ -60,6 +61,7 @@ impl DhtView {
             rx_packets: l(&d.rx_packets),
             spoofed: l(&d.spoofed),
             malformed: l(&d.malformed),
+            send_queue_full: l(&d.send_queue_full),
             not_mine_sent: l(&d.not_mine_sent),
             not_mine_received: l(&d.not_mine_received),
             unreachable: l(&d.unreachable),
@@ -208,7 +210,7 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
                 .map_or("-".to_string(), |r| format!("{r:.2} ms"));
             let _ = writeln!(
                 o,
-                "  {:<16} {:<5} rtt {:<10} lost {:<6} tx {} pkts, rx {} pkts, spoofed {}, malformed {}",
+                "  {:<16} {:<5} rtt {:<10} lost {:<6} tx {} pkts, rx {} pkts, spoofed {}, malformed {}, send queue full {}",
                 p["name"].as_str().unwrap_or("?"),
                 if p["connected"].as_bool() == Some(true) { "up" } else { "DOWN" },
                 rtt,
@@ -217,6 +219,7 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
                 get(p, &["stats", "rx_packets"]),
                 get(p, &["stats", "spoofed"]),
                 get(p, &["stats", "malformed"]),
+                get(p, &["stats", "send_queue_full"]),
             );
         }
     }

@@ -170,7 +170,7 @@ fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
     let dropped = counter(
         reg,
         "on6_dht_dropped_total",
-        "Datagrams from other sites dropped, by reason.",
+        "Datagrams to or from other sites dropped, by reason.",
         &["dht", "reason"],
     )?;
     let conns = gauge(
@@ -244,6 +244,9 @@ fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
         dropped
             .with_label_values(&[n, "malformed"])
             .inc_by(l(&d.malformed));
+        dropped
+            .with_label_values(&[n, "send_queue_full"])
+            .inc_by(l(&d.send_queue_full));
         conns.with_label_values(&[n]).set(st.connections as i64);
     }
     Ok(())
@@ -333,7 +336,7 @@ fn build(
     let pdrop = counter(
         reg,
         "on6_peer_dropped_total",
-        "Datagrams from a peer site dropped, by reason.",
+        "Datagrams to or from a peer site dropped, by reason.",
         &["peer", "reason"],
     )?;
     let connects = counter(
@@ -371,6 +374,9 @@ fn build(
             pdrop
                 .with_label_values(&[n, "malformed"])
                 .inc_by(s.malformed.load(Ordering::Relaxed));
+            pdrop
+                .with_label_values(&[n, "send_queue_full"])
+                .inc_by(s.send_queue_full.load(Ordering::Relaxed));
             connects
                 .with_label_values(&[n])
                 .inc_by(s.connects.load(Ordering::Relaxed));

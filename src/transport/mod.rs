@@ -186,6 +186,16 @@ pub fn peer_identity(conn: &Connection) -> Result<NodeIdentity, TransportError> 
     Ok(NodeIdentity::from_der(leaf)?)
 }
 
+/// Queues a datagram unless quinn's send buffer is full: quinn would make room
+/// by silently dropping the oldest queued one, so the new one is dropped
+/// instead and the caller counts it. `Ok(false)` means dropped.
+pub fn send_datagram(conn: &Connection, p: bytes::Bytes) -> Result<bool, quinn::SendDatagramError> {
+    if conn.datagram_send_buffer_space() < p.len() {
+        return Ok(false);
+    }
+    conn.send_datagram(p).map(|()| true)
+}
+
 /// Waits for a datagram, then takes every one already received, up to `max`:
 /// one wake-up and one hand-off per burst instead of per packet.
 pub async fn read_datagrams(

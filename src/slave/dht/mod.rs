@@ -106,6 +106,8 @@ pub struct DhtShared {
     pub rx_bytes: AtomicU64,
     pub spoofed: AtomicU64,
     pub malformed: AtomicU64,
+    /// Datagrams dropped because the connection's send buffer was full.
+    pub send_queue_full: AtomicU64,
     pub not_mine_sent: AtomicU64,
     pub not_mine_received: AtomicU64,
     pub unreachable: AtomicU64,
@@ -474,11 +476,12 @@ fn send(
         Some(Conn::Up { conn, last_used }) => {
             *last_used = Instant::now();
             let len = p.len() as u64;
-            match conn.send_datagram(p) {
-                Ok(()) => {
+            match transport::send_datagram(conn, p) {
+                Ok(true) => {
                     bump(&shared.tx_packets, 1);
                     bump(&shared.tx_bytes, len);
                 }
+                Ok(false) => bump(&shared.send_queue_full, 1),
                 Err(e) => tracing::debug!(to = %entry.endpoint, error = %e, "datagram not sent"),
             }
         }

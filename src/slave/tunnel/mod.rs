@@ -48,6 +48,8 @@ pub struct PeerStats {
     pub tx_bytes: AtomicU64,
     pub spoofed: AtomicU64,
     pub malformed: AtomicU64,
+    /// Datagrams to the peer dropped because the connection's send buffer was full.
+    pub send_queue_full: AtomicU64,
     pub connects: AtomicU64,
 }
 
@@ -224,11 +226,12 @@ pub async fn run(
                             continue;
                         };
                         let len = p.len() as u64;
-                        match conn.send_datagram(p) {
-                            Ok(()) => {
+                        match transport::send_datagram(conn, p) {
+                            Ok(true) => {
                                 bump(&stats[i].tx_packets, 1);
                                 bump(&stats[i].tx_bytes, len);
                             }
+                            Ok(false) => bump(&stats[i].send_queue_full, 1),
                             Err(e) => tracing::debug!(peer = %peers[i].name, error = %e, "datagram not sent"),
                         }
                     }
