@@ -5,9 +5,9 @@
 use super::driver::{Downlink, MasterHandle, MAX_BATCH};
 use super::SessionInfo;
 use crate::control::ControlMessage;
+use crate::packet::PacketArena;
 use crate::pki::Role;
 use crate::transport::{self, close, TransportError};
-use bytes::BytesMut;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -128,8 +128,9 @@ async fn session(
         }
     };
     let datagrams_in = async {
+        let mut arena = PacketArena::default();
         while let Ok(batch) = transport::read_datagrams(&conn, MAX_BATCH).await {
-            let batch = batch.into_iter().map(BytesMut::from).collect();
+            let batch = batch.iter().map(|d| arena.copy(d)).collect();
             if master.packets(id, batch).is_err() {
                 return;
             }

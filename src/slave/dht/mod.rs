@@ -15,7 +15,7 @@ pub mod resolve;
 use super::{MasterPort, SlaveError, Uplink};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::{Downlink, MAX_BATCH};
-use crate::packet::{self, IcmpError, Ipv6Packet};
+use crate::packet::{self, IcmpError, Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, Role};
 use crate::transport::{self, close, TransportOptions};
 use bytes::{Bytes, BytesMut};
@@ -565,6 +565,7 @@ async fn accept(endpoint: quinn::Endpoint, ctx: Ctx) {
 /// "not mine"; anything else is dropped and counted.
 async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ctx) {
     let (up, served, shared) = (&ctx.up, &ctx.served, &ctx.shared);
+    let mut arena = PacketArena::default();
     while let Ok(datagrams) = transport::read_datagrams(&conn, MAX_BATCH).await {
         let served = served.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut batch = Vec::with_capacity(datagrams.len());
@@ -606,7 +607,7 @@ async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ct
             }
             bump(&shared.rx_packets, 1);
             bump(&shared.rx_bytes, d.len() as u64);
-            batch.push(BytesMut::from(d));
+            batch.push(arena.copy(&d));
         }
         if up.packets(batch).is_err() {
             return;

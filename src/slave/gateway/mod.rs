@@ -5,6 +5,7 @@
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::Downlink;
+use crate::packet::PacketArena;
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use serde::Serialize;
@@ -74,7 +75,7 @@ struct TunReader {
     raw: Vec<u8>,
     segments: Vec<Vec<u8>>,
     sizes: Vec<usize>,
-    arena: BytesMut,
+    arena: PacketArena,
 }
 
 impl TunReader {
@@ -83,7 +84,7 @@ impl TunReader {
             raw: vec![0; VIRTIO_NET_HDR_LEN + 65535],
             segments: vec![vec![0; mtu as usize]; IDEAL_BATCH_SIZE],
             sizes: vec![0; IDEAL_BATCH_SIZE],
-            arena: BytesMut::new(),
+            arena: PacketArena::default(),
         }
     }
 
@@ -102,7 +103,6 @@ impl TunReader {
         let total: usize = self.sizes[..n].iter().sum();
         add(&stats.tun_rx_packets, n as u64);
         add(&stats.tun_rx_bytes, total as u64);
-        self.arena.reserve(total);
         let mut batch = Vec::with_capacity(n);
         for (segment, &len) in self.segments.iter().zip(&self.sizes).take(n) {
             let packet = &segment[..len];
@@ -110,8 +110,7 @@ impl TunReader {
                 add(&stats.link_local, 1);
                 continue;
             }
-            self.arena.extend_from_slice(packet);
-            batch.push(self.arena.split());
+            batch.push(self.arena.copy(packet));
         }
         batch
     }

@@ -9,10 +9,9 @@ use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::{Downlink, MAX_BATCH};
 use crate::master::RoutingTable;
-use crate::packet::Ipv6Packet;
+use crate::packet::{Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, NodeIdentity, Role};
 use crate::transport::{self, close, TransportOptions};
-use bytes::BytesMut;
 use ipnet::Ipv6Net;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -258,6 +257,7 @@ async fn receive(
         Ok(id) => id,
         Err(_) => return,
     };
+    let mut arena = PacketArena::default();
     while let Ok(datagrams) = transport::read_datagrams(&conn, MAX_BATCH).await {
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
@@ -276,7 +276,7 @@ async fn receive(
             }
             bump(&stats.rx_packets, 1);
             bump(&stats.rx_bytes, d.len() as u64);
-            batch.push(BytesMut::from(d));
+            batch.push(arena.copy(&d));
         }
         if up.packets(batch).is_err() {
             return;
