@@ -246,3 +246,84 @@ fn site_answers_echo_at_its_router_address() {
         "{out:?}"
     );
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[test]
+fn udp_flood_above_capacity_is_dropped_in_bounded_memory_and_other_flows_survive() {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::time::Instant;
+    let test = "udp_flood_above_capacity_is_dropped_in_bounded_memory_and_other_flows_survive";
+    let Some(ov) = common::build(test, common::options(2)) else {
+        return;
+    };
+    let dst = SocketAddr::new(ov.sites[1].host_addr.into(), 9999);
+    let flood = Duration::from_secs(5);
+
+    let rx_ns = ov.sites[1].host_ns.name().to_string();
+    let receiver = std::thread::spawn(move || {
+        netns::in_netns(&rx_ns, move || {
+            let sock = UdpSocket::bind(dst).expect("bind receiver");
+            sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            let mut buf = [0u8; 2048];
+            let mut n = 0u64;
+            while sock.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+            n
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let senders: Vec<_> = (0..2)
+        .map(|_| {
+            let ns = ov.sites[0].host_ns.name().to_string();
+            std::thread::spawn(move || {
+                netns::in_netns(&ns, move || {
+                    let sock = UdpSocket::bind("[::]:0").expect("bind sender");
+                    let payload = [0x5au8; 1300];
+                    let start = Instant::now();
+                    let mut sent = 0u64;
+                    while start.elapsed() < flood {
+                        if sock.send_to(&payload, dst).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            })
+        })
+        .collect();
+    let sent: u64 = senders
+        .into_iter()
+        .map(|s| s.join().expect("sender thread").unwrap_or(0))
+        .sum();
+    let received = receiver
+        .join()
+        .expect("receiver thread")
+        .expect("receiver namespace");
+    eprintln!(
+        "flood: {sent} datagrams offered in {flood:?}, {received} delivered ({:.0} %)",
+        received as f64 * 100.0 / sent.max(1) as f64
+    );
+    common::check(&ov, received > 0, "the flood's datagrams reached site 2");
+    for pid in ov.pids() {
+        let peak = peak_rss_mib(pid);
+        eprintln!("on6 process {pid}: peak RSS {peak:.1} MiB");
+        common::check(
+            &ov,
+            peak > 0.0 && peak < 64.0,
+            &format!("on6 process {pid} peaked at {peak:.1} MiB under the flood (bound 64 MiB)"),
+        );
+    }
+    // The overload is over: the overlay carries other flows as before.
+    all_pairs_ping(&ov);
+    transfer(&ov, 0, 1, 5 * MB);
+}

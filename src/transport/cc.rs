@@ -6,24 +6,27 @@
 //! window without bound because it samples bandwidth between two back-to-back
 //! ACKs. This controller keeps BBR's model and nothing else: the window is
 //! twice the bandwidth-delay product, with the bandwidth measured over at least
-//! one round trip (so ACK bursts cannot inflate it) and its maximum kept over
-//! the last few samples. Loss alone never shrinks it; quinn paces at the
+//! one round trip (so ACK bursts cannot inflate it) and its maximum kept for a
+//! second (so a stalled receiver, common on a busy host, does not talk it
+//! down within a few RTTs). Loss alone never shrinks it; quinn paces at the
 //! window per RTT, so the queue the tunnel adds at a bottleneck stays near
 //! one BDP.
 
 use quinn_proto::congestion::{Controller, ControllerFactory};
 use quinn_proto::RttEstimator;
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// In-flight bytes allowed per byte of BDP: room to probe for more bandwidth.
 const WINDOW_GAIN: u64 = 2;
-/// Bandwidth samples kept for the maximum: about as many round trips.
-const BW_SAMPLES: usize = 10;
-/// Shortest sampling interval: on loopback the RTT is tens of microseconds,
-/// shorter than the spacing of ACK bursts.
-const MIN_SAMPLE: Duration = Duration::from_millis(1);
+/// How long the highest bandwidth sample counts.
+const BW_WINDOW: Duration = Duration::from_secs(1);
+/// Shortest sampling interval, and the least RTT the window is sized for: on
+/// loopback the RTT is tens of microseconds, shorter than the spacing of ACK
+/// bursts and of scheduler stalls.
+const MIN_SAMPLE: Duration = Duration::from_millis(2);
 /// Samples without 25 % growth before start-up ends.
 const FULL_BW_ROUNDS: u32 = 3;
 
@@ -58,8 +61,10 @@ pub struct TunnelCc {
     sample_start: Instant,
     sample_bytes: u64,
     sample_app_limited: bool,
-    /// Delivery rates in bytes per second, newest last.
-    samples: Vec<u64>,
+    /// Delivery rates (bytes per second) of the last [`BW_WINDOW`], as a
+    /// monotonic queue: each entry is higher than every later one, so the
+    /// front is the maximum.
+    samples: VecDeque<(Instant, u64)>,
     full_bw: bool,
     full_bw_reference: u64,
     rounds_without_growth: u32,
@@ -76,7 +81,7 @@ impl TunnelCc {
             sample_start: now,
             sample_bytes: 0,
             sample_app_limited: false,
-            samples: Vec::with_capacity(BW_SAMPLES),
+            samples: VecDeque::new(),
             full_bw: false,
             full_bw_reference: 0,
             rounds_without_growth: 0,
@@ -85,7 +90,7 @@ impl TunnelCc {
 
     /// The highest recent delivery rate, bytes per second.
     pub fn bandwidth(&self) -> u64 {
-        self.samples.iter().copied().max().unwrap_or(0)
+        self.samples.front().map_or(0, |&(_, rate)| rate)
     }
 
     pub fn in_startup(&self) -> bool {
@@ -100,11 +105,18 @@ impl TunnelCc {
         let elapsed = now.saturating_duration_since(self.sample_start);
         let rate = (self.sample_bytes as u128 * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
         // An app-limited sample says only that the path carries at least this much.
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(at, _)| now.saturating_duration_since(at) > BW_WINDOW)
+        {
+            self.samples.pop_front();
+        }
         if !self.sample_app_limited || rate > self.bandwidth() {
-            if self.samples.len() == BW_SAMPLES {
-                self.samples.remove(0);
+            while self.samples.back().is_some_and(|&(_, r)| r <= rate) {
+                self.samples.pop_back();
             }
-            self.samples.push(rate);
+            self.samples.push_back((now, rate));
         }
         if !self.full_bw && !self.sample_app_limited {
             let bw = self.bandwidth();
@@ -218,7 +230,6 @@ impl Controller for TunnelCc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
 
     /// A sender behind a bottleneck of `rate` bytes/s with `rtt` of base delay
     /// and a random `loss` fraction, stepped in 50 us ticks. Returns the
@@ -229,6 +240,18 @@ mod tests {
         rtt: Duration,
         loss: f64,
         app_rate: Option<u64>,
+    ) -> (TunnelCc, u64, u64) {
+        simulate_with_stalls(rate, rtt, loss, app_rate, None)
+    }
+
+    /// As [`simulate`]; with `stall = Some((period, length))` the bottleneck
+    /// stops for `length` every `period`, like a receiver that loses its CPU.
+    fn simulate_with_stalls(
+        rate: u64,
+        rtt: Duration,
+        loss: f64,
+        app_rate: Option<u64>,
+        stall: Option<(Duration, Duration)>,
     ) -> (TunnelCc, u64, u64) {
         let start = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), start, 1400);
@@ -262,7 +285,12 @@ mod tests {
                 max_queue = max_queue.max(queue.len());
             }
             // The bottleneck drains at its rate; loss happens on the wire.
-            link_credit += rate as f64 * tick.as_secs_f64();
+            let stalled = stall.is_some_and(|(period, length)| {
+                (tick * step).as_nanos() % period.as_nanos() < length.as_nanos()
+            });
+            if !stalled {
+                link_credit += rate as f64 * tick.as_secs_f64();
+            }
             while link_credit >= packet as f64 {
                 let Some(sent) = queue.pop_front() else {
                     link_credit = 0.0;
@@ -336,6 +364,16 @@ mod tests {
             "window {}",
             cc.window()
         );
+    }
+
+    #[test]
+    fn receiver_stalls_on_a_fast_short_path_do_not_talk_the_rate_down() {
+        let rate = 500_000_000; // 4 Gbit/s
+        let rtt = Duration::from_micros(100);
+        // The receiver loses its CPU for 15 ms in every 40.
+        let stall = Some((Duration::from_millis(40), Duration::from_millis(15)));
+        let (_, goodput, _) = simulate_with_stalls(rate, rtt, 0.0, None, stall);
+        assert!(goodput > rate / 2, "goodput {goodput} of {}", rate * 5 / 8);
     }
 
     #[test]
