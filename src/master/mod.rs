@@ -141,7 +141,8 @@ struct Slave {
 pub struct Master {
     router: Ipv6Addr,
     table: RoutingTable<SlaveId>,
-    slaves: HashMap<SlaveId, Slave>,
+    /// Looked up twice per packet; keyed by our own ids, so Fx hashing is safe.
+    slaves: rustc_hash::FxHashMap<SlaveId, Slave>,
     next_id: u32,
     stats: MasterStats,
 }
@@ -163,7 +164,7 @@ impl Master {
         Master {
             router,
             table: RoutingTable::new(),
-            slaves: HashMap::new(),
+            slaves: rustc_hash::FxHashMap::default(),
             next_id: 1,
             stats: MasterStats::default(),
         }

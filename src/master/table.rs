@@ -3,9 +3,12 @@
 //! One hash map per prefix length plus a bitmap of the lengths in use: a lookup
 //! probes only populated lengths, longest first, so its cost is bounded by the
 //! number of distinct lengths (a handful in practice), not by table size.
+//! Keys come only from authenticated announcements and configuration, never
+//! from packets, so the fast unkeyed Fx hash is safe here (it runs several
+//! times per forwarded packet).
 
 use ipnet::Ipv6Net;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::Ipv6Addr;
 
 #[derive(Debug, Clone)]
@@ -33,7 +36,7 @@ fn mask(len: u8) -> u128 {
 impl<V> RoutingTable<V> {
     pub fn new() -> Self {
         RoutingTable {
-            by_len: (0..=128).map(|_| HashMap::new()).collect(),
+            by_len: (0..=128).map(|_| HashMap::default()).collect(),
             lengths: [0; 3],
             len: 0,
         }
