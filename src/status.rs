@@ -252,8 +252,12 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
     for (name, g) in &s.gateways {
         let _ = writeln!(
             o,
-            "  gateway {name}: tun in {} pkts, tun out {} pkts, link-local {}",
-            g["tun_rx_packets"], g["tun_tx_packets"], g["link_local"]
+            "  gateway {name}: tun in {} pkts in {} reads, tun out {} pkts in {} writes, link-local {}",
+            g["tun_rx_packets"],
+            g["tun_rx_batches"],
+            g["tun_tx_packets"],
+            g["tun_tx_batches"],
+            g["link_local"]
         );
     }
     Ok(o)

@@ -398,6 +398,12 @@ fn build(
         "Bytes through the gateway TUN device; in = from the site.",
         &["gateway", "direction"],
     )?;
+    let tun_batches = counter(
+        reg,
+        "on6_tun_batches_total",
+        "TUN reads (in) and batched writes (out): packets per batch is what offload buys.",
+        &["gateway", "direction"],
+    )?;
     let tun_l = counter(
         reg,
         "on6_tun_link_local_total",
@@ -417,6 +423,12 @@ fn build(
         tun_b
             .with_label_values(&[name, "out"])
             .inc_by(g.tun_tx_bytes.load(Ordering::Relaxed));
+        tun_batches
+            .with_label_values(&[name, "in"])
+            .inc_by(g.tun_rx_batches.load(Ordering::Relaxed));
+        tun_batches
+            .with_label_values(&[name, "out"])
+            .inc_by(g.tun_tx_batches.load(Ordering::Relaxed));
         tun_l
             .with_label_values(&[name])
             .inc_by(g.link_local.load(Ordering::Relaxed));
