@@ -58,7 +58,8 @@ pub enum P2pEvent {
         query: QueryId,
         entries: Vec<SignedEntry>,
     },
-    /// A new fleet member was admitted (a good moment to publish).
+    /// A new fleet member was admitted that is among the K closest we know to a key
+    /// we publish: it should get our entries (a good moment to publish).
     PeerAdmitted(PeerId),
     /// A put reached no other node, or only those a timed-out lookup had found
     /// (timeouts, a table still filling): publish again soon.
@@ -82,6 +83,8 @@ pub struct P2p {
     lookups: HashMap<QueryId, Record>,
     /// Puts sent after a lookup that timed out: they count as failed whatever they reach.
     partial_puts: HashSet<QueryId>,
+    /// The keys we have published under.
+    published: HashSet<RecordKey>,
 }
 
 pub fn now_unix() -> u64 {
@@ -163,6 +166,7 @@ impl P2p {
             dialed: HashMap::new(),
             lookups: HashMap::new(),
             partial_puts: HashSet::new(),
+            published: HashSet::new(),
         })
     }
 
@@ -276,6 +280,7 @@ impl P2p {
     /// as failed so the slave publishes again.
     pub fn publish(&mut self, key: RecordKey, entries: Vec<SignedEntry>) {
         let merged = self.store_merged(key.clone(), entries);
+        self.published.insert(key.clone());
         let record = Record {
             key: key.clone(),
             value: record::encode_value(&merged),
@@ -312,6 +317,22 @@ impl P2p {
             self.partial_puts.insert(put);
         }
         None
+    }
+
+    /// Whether `peer` is among the K closest we know to a key we publish. Only then
+    /// does a newcomer call for publishing again: in a fleet of hundreds, admissions
+    /// go on for minutes, and republishing at each flooded the DHT with puts.
+    fn close_to_ours(&mut self, peer: PeerId) -> bool {
+        let newcomer = kad::KBucketKey::from(peer);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.published.iter().any(|key| {
+            let target = kad::KBucketKey::new(key.clone());
+            let kth = kad
+                .get_closest_local_peers(&target)
+                .filter(|p| *p != newcomer)
+                .nth(kad::K_VALUE.get() - 1);
+            kth.is_none_or(|kth| newcomer.distance(&target) < kth.distance(&target))
+        })
     }
 
     pub fn get(&mut self, key: RecordKey) -> QueryId {
@@ -422,7 +443,7 @@ impl P2p {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let admitted = self.admit(peer, &request.cert);
+                    let announce = self.admit(peer, &request.cert) && self.close_to_ours(peer);
                     if self.verified.contains_key(&peer) {
                         let _ = self.swarm.behaviour_mut().member.send_response(
                             channel,
@@ -431,12 +452,12 @@ impl P2p {
                             },
                         );
                     }
-                    if admitted {
+                    if announce {
                         return Some(P2pEvent::PeerAdmitted(peer));
                     }
                 }
                 request_response::Message::Response { response, .. } => {
-                    if self.admit(peer, &response.cert) {
+                    if self.admit(peer, &response.cert) && self.close_to_ours(peer) {
                         return Some(P2pEvent::PeerAdmitted(peer));
                     }
                 }
