@@ -36,6 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 const NODES_PER_HOST: usize = 50;
 /// Kademlia's K (libp2p's default replication factor and bucket size).
 const K: usize = 20;
+/// How often a node publishes its entries again, as the DHT slave does by default
+/// (records live 600 s here: lookups of a long run must not outlive them).
+const REPUBLISH: Duration = Duration::from_secs(60);
 /// Set in a node host's environment.
 const HOST_ENV: &str = "DHT_BENCH_HOST";
 
@@ -49,7 +52,8 @@ enum Req {
         hi: usize,
         base_port: u16,
     },
-    /// Every node of the host publishes its entries (again 5 s after a failed put).
+    /// Every node of the host publishes its entries (again 5 s after a failed put, and
+    /// every `REPUBLISH`).
     Publish,
     Get {
         id: u64,
@@ -264,12 +268,14 @@ fn spawn_node(fleet: &[(String, String)], ids: &[PeerId], i: usize, base_port: u
                     if let Some((ends_at, failed_before)) = round {
                         if s.puts_ok + s.puts_failed >= ends_at {
                             round = None;
-                            if s.puts_failed > failed_before {
-                                // As the DHT slave does: publish again 5 s after a put failed.
-                                publish_at = Some(Instant::now() + Duration::from_secs(5));
+                            // As the DHT slave does: publish again 5 s after a put failed.
+                            let again = if s.puts_failed > failed_before {
+                                Duration::from_secs(5)
                             } else {
                                 stored.store(true, Ordering::Relaxed);
-                            }
+                                REPUBLISH
+                            };
+                            publish_at = Some(Instant::now() + again);
                         }
                     }
                     if publish.swap(false, Ordering::Relaxed) {
