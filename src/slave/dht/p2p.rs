@@ -128,7 +128,11 @@ impl P2p {
                 cfg.set_record_ttl(Some(record_ttl));
                 // The slave republishes its own entries; libp2p's 22 h cadence is far too slow.
                 cfg.set_publication_interval(None);
-                cfg.set_replication_interval(Some(record_ttl / 4));
+                // Nor does kad replicate: each holder re-putting every record it holds to all K
+                // closest multiplied the puts K-fold (its lookups timed out by the thousand at
+                // 200 nodes) and reached newcomers no sooner than the slave's republishing,
+                // which the configuration keeps within half a record's lifetime.
+                cfg.set_replication_interval(None);
                 cfg.set_query_timeout(Duration::from_secs(5));
                 // kad also looks us up each time a peer enters a table of fewer than K
                 // peers (throttled, one at a time): enough for everyone to learn of
