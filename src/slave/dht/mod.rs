@@ -320,7 +320,6 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 resolver.handle_timeout(now);
-                dht.maintain();
                 // Bootstrap peers may start after us: keep knocking until we are connected to them.
                 if now.duration_since(last_bootstrap) >= Duration::from_secs(1) {
                     last_bootstrap = now;

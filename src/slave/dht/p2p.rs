@@ -9,7 +9,8 @@ use super::record::{self, SignedEntry};
 use crate::pki::NodeIdentity;
 use futures::StreamExt;
 use libp2p::kad::{
-    self, store::RecordStore, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
+    self, store::RecordStore, GetClosestPeersError, GetRecordOk, PeerInfo, QueryId, QueryResult,
+    Quorum, Record, RecordKey,
 };
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -57,9 +58,11 @@ pub enum P2pEvent {
         query: QueryId,
         entries: Vec<SignedEntry>,
     },
-    /// A new fleet member was admitted (a good moment to publish).
+    /// A new fleet member was admitted that is among the K closest we know to a key
+    /// we publish: it should get our entries (a good moment to publish).
     PeerAdmitted(PeerId),
-    /// A put reached no other node (timeouts, a table still filling): publish again soon.
+    /// A put reached no other node, or only those a timed-out lookup had found
+    /// (timeouts, a table still filling): publish again soon.
     PutFailed,
 }
 
@@ -76,9 +79,12 @@ pub struct P2p {
     stats: P2pStats,
     /// Live outgoing connections per dialed address (bootstrap peers are re-dialed until connected).
     dialed: HashMap<Multiaddr, usize>,
-    /// A bootstrap (a lookup of our own id, which fills the table) is due.
-    bootstrap_due: bool,
-    last_bootstrap: Option<Instant>,
+    /// Records waiting for the lookup of their closest nodes, by lookup.
+    lookups: HashMap<QueryId, Record>,
+    /// Puts sent after a lookup that timed out: they count as failed whatever they reach.
+    partial_puts: HashSet<QueryId>,
+    /// The keys we have published under.
+    published: HashSet<RecordKey>,
 }
 
 pub fn now_unix() -> u64 {
@@ -122,8 +128,15 @@ impl P2p {
                 cfg.set_record_ttl(Some(record_ttl));
                 // The slave republishes its own entries; libp2p's 22 h cadence is far too slow.
                 cfg.set_publication_interval(None);
-                cfg.set_replication_interval(Some(record_ttl / 4));
+                // Nor does kad replicate: each holder re-putting every record it holds to all K
+                // closest multiplied the puts K-fold (its lookups timed out by the thousand at
+                // 200 nodes) and reached newcomers no sooner than the slave's republishing,
+                // which the configuration keeps within half a record's lifetime.
+                cfg.set_replication_interval(None);
                 cfg.set_query_timeout(Duration::from_secs(5));
+                // kad also looks us up each time a peer enters a table of fewer than K
+                // peers (throttled, one at a time): enough for everyone to learn of
+                // everyone. A lookup per admission flooded fleets of 50 and more.
                 cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30)));
                 let mut kad =
                     kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), cfg);
@@ -155,8 +168,9 @@ impl P2p {
             record_ttl,
             stats: P2pStats::default(),
             dialed: HashMap::new(),
-            bootstrap_due: false,
-            last_bootstrap: None,
+            lookups: HashMap::new(),
+            partial_puts: HashSet::new(),
+            published: HashSet::new(),
         })
     }
 
@@ -262,34 +276,67 @@ impl P2p {
     }
 
     /// Publishes our entries under `key`, merged with what is already known there.
+    ///
+    /// Not `put_record`: when its lookup of the closest nodes times out (one slow or
+    /// unreachable node among them is enough, as kad waits 10 s for a peer and the
+    /// query times out after 5 s) it stores the record nowhere. We look up, then store
+    /// at the nodes that answered, even after a timeout, and still report that case
+    /// as failed so the slave publishes again.
     pub fn publish(&mut self, key: RecordKey, entries: Vec<SignedEntry>) {
         let merged = self.store_merged(key.clone(), entries);
+        self.published.insert(key.clone());
         let record = Record {
-            key,
+            key: key.clone(),
             value: record::encode_value(&merged),
             publisher: None,
             expires: Some(Instant::now() + self.record_ttl),
         };
-        if let Err(e) = self
+        let lookup = self
             .swarm
             .behaviour_mut()
             .kad
-            .put_record(record, Quorum::One)
-        {
-            tracing::warn!(error = %e, "DHT put refused");
-        }
+            .get_closest_peers(key.to_vec());
+        self.lookups.insert(lookup, record);
     }
 
-    /// Periodic work: after new members arrive, look ourselves up (at most
-    /// once a second) so everyone learns of everyone.
-    pub fn maintain(&mut self) {
-        let rested = self
-            .last_bootstrap
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if self.bootstrap_due && rested && self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
-            self.bootstrap_due = false;
-            self.last_bootstrap = Some(Instant::now());
+    /// Sends the record of `lookup` to the nodes it found.
+    fn store_at(
+        &mut self,
+        lookup: QueryId,
+        peers: Vec<PeerInfo>,
+        timed_out: bool,
+    ) -> Option<P2pEvent> {
+        let record = self.lookups.remove(&lookup)?;
+        if peers.is_empty() {
+            self.stats.puts_failed += 1;
+            tracing::debug!(timed_out, "DHT put found no node to store at");
+            return Some(P2pEvent::PutFailed);
         }
+        let put = self.swarm.behaviour_mut().kad.put_record_to(
+            record,
+            peers.into_iter().map(|p| p.peer_id),
+            Quorum::One,
+        );
+        if timed_out {
+            self.partial_puts.insert(put);
+        }
+        None
+    }
+
+    /// Whether `peer` is among the K closest we know to a key we publish. Only then
+    /// does a newcomer call for publishing again: in a fleet of hundreds, admissions
+    /// go on for minutes, and republishing at each flooded the DHT with puts.
+    fn close_to_ours(&mut self, peer: PeerId) -> bool {
+        let newcomer = kad::KBucketKey::from(peer);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        self.published.iter().any(|key| {
+            let target = kad::KBucketKey::new(key.clone());
+            let kth = kad
+                .get_closest_local_peers(&target)
+                .filter(|p| *p != newcomer)
+                .nth(kad::K_VALUE.get() - 1);
+            kth.is_none_or(|kth| newcomer.distance(&target) < kth.distance(&target))
+        })
     }
 
     pub fn get(&mut self, key: RecordKey) -> QueryId {
@@ -321,7 +368,6 @@ impl P2p {
                     for a in self.addrs.get(&peer).cloned().unwrap_or_default() {
                         self.swarm.behaviour_mut().kad.add_address(&peer, a);
                     }
-                    self.bootstrap_due = true;
                     return true;
                 }
                 false
@@ -341,7 +387,6 @@ impl P2p {
             known.push(addr.clone());
             if self.verified.contains_key(&peer) {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                self.bootstrap_due = true;
             }
         }
     }
@@ -402,7 +447,7 @@ impl P2p {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let admitted = self.admit(peer, &request.cert);
+                    let announce = self.admit(peer, &request.cert) && self.close_to_ours(peer);
                     if self.verified.contains_key(&peer) {
                         let _ = self.swarm.behaviour_mut().member.send_response(
                             channel,
@@ -411,12 +456,12 @@ impl P2p {
                             },
                         );
                     }
-                    if admitted {
+                    if announce {
                         return Some(P2pEvent::PeerAdmitted(peer));
                     }
                 }
                 request_response::Message::Response { response, .. } => {
-                    if self.admit(peer, &response.cert) {
+                    if self.admit(peer, &response.cert) && self.close_to_ours(peer) {
                         return Some(P2pEvent::PeerAdmitted(peer));
                     }
                 }
@@ -493,11 +538,19 @@ impl P2p {
                 QueryResult::Bootstrap(r) => {
                     tracing::debug!(result = ?r.map(|ok| ok.num_remaining), "DHT bootstrap step")
                 }
-                QueryResult::PutRecord(Ok(_)) => self.stats.puts_ok += 1,
-                QueryResult::PutRecord(Err(e)) => {
-                    self.stats.puts_failed += 1;
-                    tracing::debug!(error = %e, "DHT put incomplete");
-                    return Some(P2pEvent::PutFailed);
+                QueryResult::GetClosestPeers(Ok(ok)) => return self.store_at(id, ok.peers, false),
+                QueryResult::GetClosestPeers(Err(GetClosestPeersError::Timeout {
+                    peers, ..
+                })) => return self.store_at(id, peers, true),
+                QueryResult::PutRecord(r) => {
+                    let partial = self.partial_puts.remove(&id);
+                    if r.is_ok() && !partial {
+                        self.stats.puts_ok += 1;
+                    } else {
+                        self.stats.puts_failed += 1;
+                        tracing::debug!(partial, result = ?r.err(), "DHT put incomplete");
+                        return Some(P2pEvent::PutFailed);
+                    }
                 }
                 _ => {}
             },
