@@ -382,6 +382,7 @@ struct Target {
 /// The impairment relay, running in a thread of this process inside the
 /// relay namespace; stopped and joined on drop.
 struct RelayRun {
+    cfg: tokio::sync::watch::Sender<impair::Config>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -389,6 +390,7 @@ struct RelayRun {
 impl RelayRun {
     fn start(ns: &str, pipe: Pipe, cfg: impair::Config) -> Result<RelayRun, String> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (set_cfg, cfg) = tokio::sync::watch::channel(cfg);
         let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
         let ns = ns.to_string();
         let thread = std::thread::spawn(move || {
@@ -427,6 +429,7 @@ impl RelayRun {
             });
         });
         let run = RelayRun {
+            cfg: set_cfg,
             stop: Some(stop),
             thread: Some(thread),
         };
@@ -434,6 +437,11 @@ impl RelayRun {
             .recv_timeout(Duration::from_secs(5))
             .map_err(|e| format!("relay start: {e}"))??;
         Ok(run)
+    }
+
+    /// Applies a new impairment at once (same sockets, no gap).
+    fn set(&self, cfg: impair::Config) {
+        self.cfg.send_replace(cfg);
     }
 }
 
@@ -449,13 +457,14 @@ impl Drop for RelayRun {
 }
 
 /// A topology with one peer tunnel up. Fields drop in order: processes,
-/// then the relay namespace, then the sites.
+/// the relay, its namespace, then the sites.
 struct Bed {
     procs: Procs,
     target: Target,
     note: String,
-    /// Relay namespace and the pipe to run through it, when relayed.
-    relay: Option<(Netns, Pipe)>,
+    relay: Option<RelayRun>,
+    // Held so the namespace lives as long as the relay in it.
+    _relay_ns: Option<Netns>,
     ov: Overlay,
 }
 
@@ -520,7 +529,7 @@ fn wg_keypair() -> Result<(String, String), String> {
 impl Bed {
     fn new(peer: Peer, relayed: bool) -> Result<Bed, String> {
         let mut ov = topology()?;
-        let relay = match (relayed, peer.relay_port()) {
+        let (relay_ns, relay) = match (relayed, peer.relay_port()) {
             (true, Some(port)) => {
                 let ns = Netns::create("on6r").map_err(|e| e.to_string())?;
                 ov.underlay_link(&ns, &format!("{RELAY_IP}/24"))
@@ -533,27 +542,20 @@ impl Bed {
                     a_peer: (peer != Peer::Quincy)
                         .then(|| SocketAddr::from(SocketAddrV4::new(site_v4(0), port))),
                 };
-                Some((ns, pipe))
+                // Transparent while the tunnel comes up; each condition then sets its own.
+                let relay = RelayRun::start(ns.name(), pipe, impair::Config::transparent(0))?;
+                (Some(ns), Some(relay))
             }
-            _ => None,
+            _ => (None, None),
         };
         let mut procs = Procs::default();
-        // A transparent relay while the tunnel comes up; each condition then runs its own.
-        let setup_relay = match &relay {
-            Some((ns, pipe)) => Some(RelayRun::start(
-                ns.name(),
-                *pipe,
-                impair::Config::transparent(0),
-            )?),
-            None => None,
-        };
         let (target, note) = start_peer(peer, &mut ov, &mut procs, relay.is_some())?;
-        drop(setup_relay);
         let bed = Bed {
             procs,
             target,
             note,
             relay,
+            _relay_ns: relay_ns,
             ov,
         };
         Ok(bed)
@@ -1142,18 +1144,9 @@ fn plan(quick: bool) -> Plan {
 fn measure(peer: Peer, bed: &Bed, conds: &[Cond], plan: &Plan, rows: &mut Vec<Row>) {
     let pids = bed.pids();
     for (k, cond) in conds.iter().enumerate() {
-        let relay = match &bed.relay {
-            Some((ns, pipe)) => {
-                match RelayRun::start(ns.name(), *pipe, cond.relay_config(k as u64 + 1)) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        rows.push(Row::unmeasured(peer.name(), Some(cond), e));
-                        continue;
-                    }
-                }
-            }
-            None => None,
-        };
+        if let Some(relay) = &bed.relay {
+            relay.set(cond.relay_config(k as u64 + 1));
+        }
         // Without the relay, bursty loss falls back to random loss at the same mean rate.
         let substitute = bed.relay.is_none() && cond.burst.is_some();
         let nft = if substitute {
@@ -1225,7 +1218,6 @@ fn measure(peer: Peer, bed: &Bed, conds: &[Cond], plan: &Plan, rows: &mut Vec<Ro
             );
             rows.push(row);
         }
-        drop(relay);
     }
 }
 

@@ -26,5 +26,6 @@ done
 tools="target/bench-tools"
 mkdir -p "$tools"
 [ -x "$tools/bin/boringtun-cli" ] || cargo install --locked --root "$tools" boringtun-cli
-[ -x "$tools/bin/quincy-server" ] || cargo install --locked --root "$tools" quincy
+# quincy 3 ships its binaries as separate crates; quincy-identity makes its certificates.
+[ -x "$tools/bin/quincy-server" ] || cargo install --locked --root "$tools" quincy-server quincy-client quincy-identity
 echo "peer tunnels installed; crates in $tools/bin"

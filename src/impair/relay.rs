@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 
 /// One relayed path between endpoints A and B.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,21 +71,24 @@ impl Relay {
 
     /// Relays until `shutdown` completes or a socket fails. Direction `k`
     /// (A to B of pipe i is 2i, B to A is 2i+1) uses seed `cfg.seed + k`.
-    pub async fn run(self, cfg: Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    /// A new configuration applies at once, without rebinding: endpoints
+    /// never see the relay's ports closed between two settings.
+    pub async fn run(
+        self,
+        cfg: watch::Receiver<Config>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let origin = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (i, (pipe, a_sock, b_sock)) in self.pipes.into_iter().enumerate() {
             let a_peer = Arc::new(Mutex::new(pipe.a_peer));
-            let seed = |k: u64| Config {
-                seed: cfg.seed.wrapping_add(2 * i as u64 + k),
-                ..cfg
-            };
+            let k = 2 * i as u64;
             tasks.spawn(forward(
                 a_sock.clone(),
                 b_sock.clone(),
                 Dest::Fixed(pipe.b_peer),
                 Some(a_peer.clone()).filter(|_| pipe.a_peer.is_none()),
-                seed(0),
+                (cfg.clone(), k),
                 origin,
             ));
             tasks.spawn(forward(
@@ -92,7 +96,7 @@ impl Relay {
                 a_sock,
                 Dest::Learned(a_peer),
                 None,
-                seed(1),
+                (cfg.clone(), k + 1),
                 origin,
             ));
         }
@@ -123,10 +127,16 @@ async fn forward(
     tx: Arc<UdpSocket>,
     to: Dest,
     learn: Option<Arc<Mutex<Option<SocketAddr>>>>,
-    cfg: Config,
+    (mut cfg, k): (watch::Receiver<Config>, u64),
     origin: Instant,
 ) -> io::Result<()> {
-    let mut imp = Impairment::<Vec<u8>>::new(cfg);
+    let impairment = |c: Config| {
+        Impairment::<Vec<u8>>::new(Config {
+            seed: c.seed.wrapping_add(k),
+            ..c
+        })
+    };
+    let mut imp = impairment(*cfg.borrow_and_update());
     let mut buf = vec![0u8; 65_536];
     loop {
         let due = imp.next_release().map(|d| origin + d);
@@ -143,14 +153,28 @@ async fn forward(
                 Err(e) => return Err(e),
             },
             () = sleep_until(due) => {}
+            changed = cfg.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                // Packets already queued leave now: the new setting starts clean.
+                while let Some(packet) = imp.pop_due(std::time::Duration::MAX) {
+                    send(&tx, &to, &packet).await;
+                }
+                imp = impairment(*cfg.borrow_and_update());
+            }
         }
         let now = origin.elapsed();
         while let Some(packet) = imp.pop_due(now) {
-            if let Some(dst) = to.get() {
-                // A failed send is one more lost packet, as on a real path.
-                let _ = tx.send_to(&packet, dst).await;
-            }
+            send(&tx, &to, &packet).await;
         }
+    }
+}
+
+async fn send(tx: &UdpSocket, to: &Dest, packet: &[u8]) {
+    if let Some(dst) = to.get() {
+        // A failed send is one more lost packet, as on a real path.
+        let _ = tx.send_to(packet, dst).await;
     }
 }
 
@@ -189,6 +213,7 @@ mod tests {
         };
         let relay = Relay::bind(&[pipe]).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (_set, cfg) = watch::channel(cfg);
         let task = tokio::spawn(relay.run(cfg, async {
             let _ = stopped.await;
         }));
