@@ -1006,10 +1006,13 @@ fn iperf(
     )?;
     std::thread::sleep(Duration::from_millis(300));
     let dst = t.dst.to_string();
+    // iperf3's client can wait forever on a control connection a tunnel lost: bound it.
+    let limit = (secs + 20).to_string();
     let secs = secs.to_string();
     let streams = streams.to_string();
     let mut args = vec![
-        "iperf3", "-c", &dst, "-p", "5201", "-t", &secs, "-P", &streams, "-J",
+        "timeout", "-k", "2", &limit, "iperf3", "-c", &dst, "-p", "5201", "-t", &secs, "-P",
+        &streams, "-J",
     ];
     match udp_rate {
         // 1200-byte datagrams fit every tunnel's MTU without fragmenting.

@@ -49,7 +49,15 @@ pub struct GilbertElliott {
     pub p_bad_to_good: f64,
     pub loss_good: f64,
     pub loss_bad: f64,
+    /// A path idle this long leaves Bad. The chain is clocked by packets, so
+    /// without this a TCP flow stalled in a burst would draw every
+    /// retransmission from the same burst (75 % loss each at a mean burst
+    /// of 4) and stall for tens of seconds: bursts are short in time.
+    pub idle_reset: Duration,
 }
+
+/// Gap after which a burst has ended (see [`GilbertElliott::idle_reset`]).
+pub const IDLE_RESET: Duration = Duration::from_millis(10);
 
 impl GilbertElliott {
     /// No loss at all.
@@ -59,6 +67,7 @@ impl GilbertElliott {
             p_bad_to_good: 1.0,
             loss_good: 0.0,
             loss_bad: 0.0,
+            idle_reset: IDLE_RESET,
         }
     }
 
@@ -73,6 +82,7 @@ impl GilbertElliott {
             p_bad_to_good,
             loss_good: 0.0,
             loss_bad: 1.0,
+            idle_reset: IDLE_RESET,
         }
     }
 
@@ -130,6 +140,7 @@ pub struct Impairment<T> {
     cfg: Config,
     rng: Rng,
     bad: bool,
+    last_arrival: Duration,
     /// Release time of the last in-order packet: jitter must not reorder.
     last_in_order: Duration,
     seq: u64,
@@ -167,6 +178,7 @@ impl<T> Impairment<T> {
             cfg,
             rng: Rng::new(cfg.seed),
             bad: false,
+            last_arrival: Duration::ZERO,
             last_in_order: Duration::ZERO,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -176,6 +188,10 @@ impl<T> Impairment<T> {
     /// Offers a packet arriving at `now`.
     pub fn push(&mut self, now: Duration, packet: T) -> Verdict {
         let ge = self.cfg.loss;
+        if now.saturating_sub(self.last_arrival) >= ge.idle_reset {
+            self.bad = false;
+        }
+        self.last_arrival = now;
         let flip = if self.bad {
             ge.p_bad_to_good
         } else {
@@ -296,6 +312,28 @@ mod tests {
         };
         assert_eq!(run(cfg), run(cfg));
         assert_ne!(run(cfg), run(Config { seed: 43, ..cfg }));
+    }
+
+    #[test]
+    fn an_idle_path_leaves_a_burst() {
+        // Every burst lasts forever unless the path goes idle.
+        let ge = GilbertElliott {
+            p_good_to_bad: 1.0,
+            p_bad_to_good: 0.0,
+            ..GilbertElliott::bursty(0.5, 4.0)
+        };
+        let mut imp = Impairment::new(lossy(ge, 9));
+        let t = Duration::from_millis(100);
+        assert_eq!(imp.push(t, 0), Verdict::Dropped);
+        assert_eq!(imp.push(t + Duration::from_millis(1), 1), Verdict::Dropped);
+        // Good again after the gap, then Bad at once for the next packet.
+        let mut ge_after = imp.cfg.loss;
+        ge_after.p_good_to_bad = 0.0;
+        imp.cfg.loss = ge_after;
+        assert_eq!(
+            imp.push(t + Duration::from_millis(1) + IDLE_RESET, 2),
+            Verdict::Release(t + Duration::from_millis(1) + IDLE_RESET)
+        );
     }
 
     #[test]
