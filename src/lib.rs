@@ -40,6 +40,7 @@
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod impair;
 pub mod master;
 pub mod metrics;
 pub mod netns;
