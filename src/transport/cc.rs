@@ -281,6 +281,8 @@ mod tests {
             if app_credit.is_infinite() {
                 app_credit = 0.0;
             }
+            // As quinn says: app-limited when everything offered went out.
+            let limited = app_rate.is_some() && app_credit < packet as f64;
             if step > steps / 2 {
                 max_queue = max_queue.max(queue.len());
             }
@@ -299,7 +301,6 @@ mod tests {
                 link_credit -= packet as f64;
                 wire.push_back((now + rtt, sent));
             }
-            let limited = app_rate.is_some();
             while wire.front().is_some_and(|(t, _)| *t <= now) {
                 let Some((_, sent)) = wire.pop_front() else {
                     break;
@@ -374,6 +375,17 @@ mod tests {
         let stall = Some((Duration::from_millis(40), Duration::from_millis(15)));
         let (_, goodput, _) = simulate_with_stalls(rate, rtt, 0.0, None, stall);
         assert!(goodput > rate / 2, "goodput {goodput} of {}", rate * 5 / 8);
+    }
+
+    #[test]
+    fn a_paced_flow_on_a_long_lossy_path_gets_its_rate() {
+        let rate = 125_000_000; // 1 Gbit/s
+        let offered = 12_500_000; // 100 Mbit/s
+        let (_, goodput, _) = simulate(rate, Duration::from_millis(20), 0.01, Some(offered));
+        assert!(
+            goodput > offered * 9 / 10 * 99 / 100,
+            "goodput {goodput} of {offered}"
+        );
     }
 
     #[test]
