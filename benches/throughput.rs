@@ -628,7 +628,9 @@ fn start_peer(
             }
             let bin = PathBuf::from(env!("CARGO_BIN_EXE_on6"));
             for i in 0..2 {
-                ov.start_site(i, &bin, "warn").map_err(|e| e.to_string())?;
+                // THROUGHPUT_ON6_LOG=debug: the sites' logs, under the overlay's directory.
+                let level = std::env::var("THROUGHPUT_ON6_LOG").unwrap_or_else(|_| "warn".into());
+                ov.start_site(i, &bin, &level).map_err(|e| e.to_string())?;
             }
             ov.wait_ready(Duration::from_secs(30))
                 .map_err(|e| e.to_string())?;
@@ -1221,6 +1223,18 @@ fn measure(peer: Peer, bed: &Bed, conds: &[Cond], plan: &Plan, rows: &mut Vec<Ro
             );
             rows.push(row);
         }
+        // THROUGHPUT_STATUS=1: each on6 site's `on6 status` after the condition.
+        if peer == Peer::On6 && std::env::var_os("THROUGHPUT_STATUS").is_some() {
+            for site in &bed.ov.sites {
+                match on6::status::fetch(&site.admin_socket)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| on6::status::render(&t).map_err(|e| e.to_string()))
+                {
+                    Ok(s) => eprintln!("{}:\n{s}", site.name),
+                    Err(e) => eprintln!("{}: no status: {e}", site.name),
+                }
+            }
+        }
     }
 }
 
@@ -1409,10 +1423,22 @@ fn main() {
             other => setup_note = format!("scripts/bench-peers.sh failed ({other:?}); "),
         }
     }
-    let plan = plan(quick);
+    let mut plan = plan(quick);
+    // THROUGHPUT_CONDS=relay keeps only conditions whose label contains the text.
+    if let Ok(only) = std::env::var("THROUGHPUT_CONDS") {
+        plan.conds.retain(|c| c.label().contains(&only));
+    }
+    // THROUGHPUT_PEERS=on6,boringtun runs only those peers.
+    let only_peers = std::env::var("THROUGHPUT_PEERS").ok();
     let mut rows = Vec::new();
     let started = Instant::now();
     for peer in PEERS {
+        if only_peers
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|p| p == peer.name()))
+        {
+            continue;
+        }
         let missing: Vec<&str> = peer
             .programs()
             .iter()

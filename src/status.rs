@@ -210,10 +210,14 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
                 .map_or("-".to_string(), |r| format!("{r:.2} ms"));
             let _ = writeln!(
                 o,
-                "  {:<16} {:<5} rtt {:<10} lost {:<6} tx {} pkts, rx {} pkts, spoofed {}, malformed {}, send queue full {}",
+                "  {:<16} {:<5} rtt {:<10} window {:<10} conns {} lost {:<6} tx {} pkts, rx {} pkts, spoofed {}, malformed {}, send queue full {}",
                 p["name"].as_str().unwrap_or("?"),
                 if p["connected"].as_bool() == Some(true) { "up" } else { "DOWN" },
                 rtt,
+                p["window_bytes"]
+                    .as_u64()
+                    .map_or("-".to_string(), |w| format!("{} KiB", w / 1024)),
+                p["connections"],
                 p["lost_packets"],
                 get(p, &["stats", "tx_packets"]),
                 get(p, &["stats", "rx_packets"]),

@@ -315,6 +315,12 @@ fn build(
         &["peer"],
     )?;
     reg.register(Box::new(rtt.clone()))?;
+    let window = gauge(
+        reg,
+        "on6_peer_congestion_window_bytes",
+        "Congestion window of the live tunnel connection to the peer site.",
+        &["peer"],
+    )?;
     let lost = counter(
         reg,
         "on6_peer_lost_packets_total",
@@ -357,6 +363,9 @@ fn build(
             up.with_label_values(&[n]).set(p.connected as i64);
             if let Some(ms) = p.rtt_ms {
                 rtt.with_label_values(&[n]).set(ms / 1000.0);
+            }
+            if let Some(w) = p.window_bytes {
+                window.with_label_values(&[n]).set(w as i64);
             }
             lost.with_label_values(&[n]).inc_by(p.lost_packets);
             let s = &p.stats;

@@ -58,6 +58,10 @@ pub struct PeerStatus {
     pub connected: bool,
     pub rtt_ms: Option<f64>,
     pub lost_packets: u64,
+    /// The congestion window of the live connection: what may be in flight.
+    pub window_bytes: Option<u64>,
+    /// Live connections to the peer (both sides may dial; one carries traffic).
+    pub connections: usize,
     #[serde(serialize_with = "inner")]
     pub stats: Arc<PeerStats>,
 }
@@ -87,6 +91,8 @@ impl TunnelShared {
                     connected: live.is_some(),
                     rtt_ms: live.map(|c| c.rtt().as_secs_f64() * 1000.0),
                     lost_packets: live.map_or(0, |c| c.stats().path.lost_packets),
+                    window_bytes: live.map(|c| c.stats().path.cwnd),
+                    connections: conns.len(),
                     stats: stats.clone(),
                 }
             })
