@@ -22,6 +22,7 @@ use libp2p::PeerId;
 use on6::pki::{self, NodeIdentity, Role};
 use on6::slave::dht::record::SignedEntry;
 use on6::slave::dht::resolve::{self, Entry, Mode, Resolved, Resolver, ResolverConfig};
+use on6::slave::dht::schedule::PublishSchedule;
 use on6::slave::dht::{keys, p2p};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -238,7 +239,8 @@ fn spawn_node(fleet: &[(String, String)], ids: &[PeerId], i: usize, base_port: u
         // A publication in flight: how many puts will have ended when it is over, and
         // how many had failed before it.
         let mut round: Option<(u64, u64)> = None;
-        let mut publish_at: Option<Instant> = None;
+        // Published only when the bench says so, then as the DHT slave does.
+        let mut schedule: Option<PublishSchedule> = None;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -270,24 +272,22 @@ fn spawn_node(fleet: &[(String, String)], ids: &[PeerId], i: usize, base_port: u
                         .count();
                     neighbours.store(held, Ordering::Relaxed);
                     let s = node.stats();
-                    if let Some((ends_at, failed_before)) = round {
+                    let now = Instant::now();
+                    if let (Some((ends_at, failed_before)), Some(sched)) = (round, schedule.as_mut()) {
                         if s.puts_ok + s.puts_failed >= ends_at {
                             round = None;
-                            // As the DHT slave does: publish again 5 s after a put failed.
-                            let again = if s.puts_failed > failed_before {
-                                Duration::from_secs(5)
+                            if s.puts_failed > failed_before {
+                                sched.put_failed(now);
                             } else {
                                 stored.store(true, Ordering::Relaxed);
-                                REPUBLISH
-                            };
-                            publish_at = Some(Instant::now() + again);
+                            }
                         }
                     }
                     if publish.swap(false, Ordering::Relaxed) {
-                        publish_at = Some(Instant::now());
+                        schedule = Some(PublishSchedule::new(REPUBLISH, now));
                     }
-                    if publish_at.is_some_and(|t| Instant::now() >= t) {
-                        publish_at = None;
+                    if let Some(sched) = schedule.as_mut().filter(|s| round.is_none() && s.due(now)) {
+                        sched.published(now);
                         round = Some((s.puts_ok + s.puts_failed + mine.len() as u64, s.puts_failed));
                         for (key, e) in &mine {
                             node.publish(p2p::key_for(*key), vec![e.clone()]);

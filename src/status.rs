@@ -237,8 +237,8 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
         let r = &st["resolver"];
         let _ = writeln!(
             o,
-            "  lookups: {} found, {} not found, {} cached hits, {} cached misses, {} gets, {} queue drops; tunnel tx {} rx {} pkts, not-mine sent {} received {}",
-            r["hits"], r["misses"], r["cached_hits"], r["cached_misses"], r["gets_issued"], r["queue_drops"],
+            "  lookups: {} found, {} not found ({} with a get timed out), {} cached hits, {} cached misses, {} gets, {} queue drops; tunnel tx {} rx {} pkts, not-mine sent {} received {}",
+            r["hits"], r["misses"], r["inconclusive_misses"], r["cached_hits"], r["cached_misses"], r["gets_issued"], r["queue_drops"],
             d["tx_packets"], d["rx_packets"], d["not_mine_sent"], d["not_mine_received"]
         );
     }

@@ -161,6 +161,12 @@ fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
         "IPv6 bytes tunnelled to and from other sites' DHT slaves.",
         &["dht", "direction"],
     )?;
+    let inconclusive = counter(
+        reg,
+        "on6_dht_inconclusive_misses_total",
+        "Resolutions not found with a get that timed out (counted in misses too; not cached).",
+        &["dht"],
+    )?;
     let unreachable = counter(
         reg,
         "on6_dht_unreachable_total",
@@ -189,6 +195,9 @@ fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
         lookups
             .with_label_values(&[n, "miss"])
             .inc_by(st.resolver.misses);
+        inconclusive
+            .with_label_values(&[n])
+            .inc_by(st.resolver.inconclusive_misses);
         lookups
             .with_label_values(&[n, "cached_hit"])
             .inc_by(st.resolver.cached_hits);

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod p2p;
 pub mod record;
 pub mod resolve;
+pub mod schedule;
 
 use super::{MasterPort, SlaveError, Uplink};
 use crate::control::{ControlMessage, SlaveKind};
@@ -23,6 +24,7 @@ use ipnet::Ipv6Net;
 use p2p::{P2p, P2pEvent};
 use record::SignedEntry;
 use resolve::{Entry, GetId, Resolution, Resolved, Resolver, ResolverConfig};
+use schedule::PublishSchedule;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -236,9 +238,7 @@ pub async fn run(
     let mut resolver: Resolver<Bytes> = Resolver::new(cfg.resolver.clone());
     let mut queries: HashMap<libp2p::kad::QueryId, GetId> = HashMap::new();
     let mut conns: HashMap<SocketAddr, Conn> = HashMap::new();
-    // When to publish next: at once, on a change, shortly after a newcomer, else every `republish`.
-    let mut next_publish = Instant::now();
-    let mut last_publish = Instant::now();
+    let mut schedule = PublishSchedule::new(cfg.republish, Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut scratch = Vec::new();
 
@@ -260,7 +260,7 @@ pub async fn run(
                 }
                 Some(Downlink::Control(ControlMessage::Served { prefixes })) => {
                     from_master = prefixes;
-                    next_publish = now;
+                    schedule.changed(now);
                 }
                 Some(Downlink::Control(m)) => tracing::debug!(?m, "control message"),
                 Some(Downlink::Close { reason }) => break Err(SlaveError::MasterError(reason)),
@@ -272,13 +272,9 @@ pub async fn run(
                         resolver.handle_get(id, entries.iter().filter_map(to_entry).collect(), now);
                     }
                 }
-                P2pEvent::PutFailed => {
-                    next_publish = next_publish.min(now + Duration::from_secs(5));
-                }
-                P2pEvent::PeerAdmitted(_) => {
-                    // A newcomer may be among the closest nodes to our keys: publish again soon (at most once a second).
-                    next_publish = next_publish.min((last_publish + Duration::from_secs(1)).max(now));
-                }
+                P2pEvent::PutFailed => schedule.put_failed(now),
+                // A newcomer may be among the closest nodes to our keys.
+                P2pEvent::PeerAdmitted(_) => schedule.newcomer(now),
             },
             Some(ev) = events.recv() => match ev {
                 ConnEvent::Up(addr, conn) => {
@@ -340,12 +336,11 @@ pub async fn run(
                 let changed = *served.read().unwrap_or_else(|e| e.into_inner()) != current;
                 if changed {
                     *served.write().unwrap_or_else(|e| e.into_inner()) = current.clone();
-                    next_publish = now;
+                    schedule.changed(now);
                 }
-                if now >= next_publish && dht.peers() > 0 {
+                if schedule.due(now) && dht.peers() > 0 {
                     publish(&mut dht, &cfg, &current, &mut epochs, &my_cert, &signer);
-                    last_publish = now;
-                    next_publish = now + cfg.republish;
+                    schedule.published(now);
                 }
                 conns.retain(|_, c| match c {
                     Conn::Up { conn, last_used } if now.duration_since(*last_used) > cfg.idle_close => {

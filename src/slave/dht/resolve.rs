@@ -127,6 +127,9 @@ pub struct ResolverStats {
     pub hits: u64,
     /// Resolutions that finished not found.
     pub misses: u64,
+    /// Of those, misses with a timed-out get: not cached, since the answer
+    /// may have been there (an overloaded or partitioned DHT).
+    pub inconclusive_misses: u64,
     /// Packets answered from a cached hit.
     pub cached_hits: u64,
     /// Packets answered from a cached miss.
@@ -312,6 +315,8 @@ struct Pending<P> {
     /// Gets of this resolution still outstanding, cancelled when it finishes.
     ids: Vec<GetId>,
     phase: Phase,
+    /// A get of this resolution timed out: a miss proves nothing.
+    timed_out: bool,
 }
 
 impl<P> Pending<P> {
@@ -547,6 +552,7 @@ impl<P> Resolver<P> {
             gets: 0,
             ids: Vec::new(),
             phase,
+            timed_out: false,
         };
         for (slot, key) in first.into_iter().enumerate() {
             p.ask(&mut self.gets, dst, slot, key, deadline);
@@ -645,7 +651,11 @@ impl<P> Resolver<P> {
             }
             None => {
                 self.stats.misses += 1;
-                self.cache.insert(dst, None, self.cfg.miss_ttl, now);
+                if p.timed_out {
+                    self.stats.inconclusive_misses += 1;
+                } else {
+                    self.cache.insert(dst, None, self.cfg.miss_ttl, now);
+                }
                 Resolved::NotFound {
                     dst,
                     packets: p.packets,
@@ -677,6 +687,14 @@ impl<P> Resolver<P> {
             // Remove first so the loop always progresses.
             self.gets.deadlines.remove(&(t, id));
             self.stats.get_timeouts += 1;
+            if let Some(p) = self
+                .gets
+                .outstanding
+                .get(&id)
+                .and_then(|o| self.pending.get_mut(&o.dst))
+            {
+                p.timed_out = true;
+            }
             self.on_answer(id, &[], now);
         }
     }
@@ -1292,6 +1310,39 @@ mod tests {
         assert_eq!(r.poll_get(), None);
         assert_eq!(r.stats(), before);
         assert_eq!(r.cached(d, t25), Some(Some(&e)));
+    }
+
+    #[test]
+    fn a_miss_with_a_timed_out_get_is_not_cached() {
+        let mut r: Resolver<u32> = Resolver::new(cfg(fast()));
+        let t0 = Instant::now();
+        let d = addr("fd6e:1:b:c:d::1");
+        assert_eq!(r.resolve(d, 1, t0), Resolution::Queued);
+        // The DHT answers nothing in time, tail walk included.
+        let mut now = t0;
+        let done = loop {
+            if let Some(done) = r.poll_resolved() {
+                break done;
+            }
+            let _: Vec<_> = std::iter::from_fn(|| r.poll_get()).collect();
+            now = r.poll_timeout().expect("a get is outstanding");
+            r.handle_timeout(now);
+        };
+        assert!(matches!(done, Resolved::NotFound { .. }));
+        assert_eq!(r.stats().inconclusive_misses, 1);
+        assert_eq!(r.cached(d, now), None, "an inconclusive miss was cached");
+        // The next packet resolves afresh.
+        assert_eq!(r.resolve(d, 2, now), Resolution::Queued);
+        assert!(r.poll_get().is_some());
+        // A miss every get answered is cached.
+        let e = addr("fd6e:7:7::1");
+        assert_eq!(r.resolve(e, 3, now), Resolution::Queued);
+        let dht = Dht::new();
+        let done = drive(&mut r, &dht, now);
+        assert!(done
+            .iter()
+            .any(|x| matches!(x, Resolved::NotFound { dst, .. } if *dst == e)));
+        assert_eq!(r.cached(e, now), Some(None));
     }
 
     #[test]
