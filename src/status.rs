@@ -225,6 +225,16 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
                 get(p, &["stats", "malformed"]),
                 get(p, &["stats", "send_queue_full"]),
             );
+            let _ = writeln!(
+                o,
+                "  {:<16} loss hiding: {} holes, {} recovered, {} lost; {} resent for it, {} asked too late",
+                "",
+                get(p, &["stats", "arq_holes"]),
+                get(p, &["stats", "arq_recovered"]),
+                get(p, &["stats", "arq_lost"]),
+                get(p, &["stats", "arq_resent"]),
+                get(p, &["stats", "arq_expired"]),
+            );
         }
     }
     for (name, d) in &s.dhts {

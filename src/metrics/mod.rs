@@ -354,6 +354,12 @@ fn build(
         "Datagrams to or from a peer site dropped, by reason.",
         &["peer", "reason"],
     )?;
+    let arq = counter(
+        reg,
+        "on6_peer_loss_hiding_total",
+        "Loss hiding per peer: holes in its numbering, recovered, lost (seen by inner flows), resent on its request, and requests for packets no longer kept.",
+        &["peer", "event"],
+    )?;
     let connects = counter(
         reg,
         "on6_peer_connections_total",
@@ -395,6 +401,16 @@ fn build(
             pdrop
                 .with_label_values(&[n, "send_queue_full"])
                 .inc_by(s.send_queue_full.load(Ordering::Relaxed));
+            for (event, c) in [
+                ("hole", &s.arq_holes),
+                ("recovered", &s.arq_recovered),
+                ("lost", &s.arq_lost),
+                ("resent", &s.arq_resent),
+                ("expired", &s.arq_expired),
+            ] {
+                arq.with_label_values(&[n, event])
+                    .inc_by(c.load(Ordering::Relaxed));
+            }
             connects
                 .with_label_values(&[n])
                 .inc_by(s.connects.load(Ordering::Relaxed));

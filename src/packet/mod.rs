@@ -34,10 +34,18 @@ impl Default for PacketArena {
 
 impl PacketArena {
     pub fn copy(&mut self, packet: &[u8]) -> bytes::BytesMut {
-        if self.block.capacity() < packet.len() {
-            self.block = bytes::BytesMut::with_capacity(ARENA_BLOCK.max(packet.len()));
+        self.copy_parts(&[packet])
+    }
+
+    /// One packet made of `parts` back to back (a header, then a payload).
+    pub fn copy_parts(&mut self, parts: &[&[u8]]) -> bytes::BytesMut {
+        let len = parts.iter().map(|p| p.len()).sum();
+        if self.block.capacity() < len {
+            self.block = bytes::BytesMut::with_capacity(ARENA_BLOCK.max(len));
         }
-        self.block.extend_from_slice(packet);
+        for p in parts {
+            self.block.extend_from_slice(p);
+        }
         self.block.split()
     }
 }
@@ -55,5 +63,6 @@ mod arena_tests {
         assert_eq!(packets[4][..], [4; 1400][..]);
         assert_eq!(packets[3][1], 3);
         assert_eq!(arena.copy(&[9; 70_000]).len(), 70_000);
+        assert_eq!(&arena.copy_parts(&[b"ab", b"", b"cde"])[..], b"abcde");
     }
 }

@@ -17,11 +17,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod arq;
 pub mod cc;
 
 pub const ALPN: &[u8] = b"on6/1";
-/// Bytes a 1-RTT QUIC packet adds around a datagram (header, frame, AEAD tag).
-pub const DATAGRAM_OVERHEAD: u16 = 38;
+/// Bytes a tunnel datagram adds around an IPv6 packet: the 1-RTT QUIC packet
+/// (header, frame, AEAD tag: 38) and the loss-hiding header.
+pub const DATAGRAM_OVERHEAD: u16 = 38 + arq::DATA_HEADER as u16;
 /// Largest UDP payload we probe for: fits a 1500-byte IPv4 path with room to spare.
 pub const MAX_UDP_PAYLOAD: u16 = 1452;
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -190,7 +192,21 @@ pub fn peer_identity(conn: &Connection) -> Result<NodeIdentity, TransportError> 
 /// by silently dropping the oldest queued one, so the new one is dropped
 /// instead and the caller counts it. `Ok(false)` means dropped.
 pub fn send_datagram(conn: &Connection, p: bytes::Bytes) -> Result<bool, quinn::SendDatagramError> {
-    if conn.datagram_send_buffer_space() < p.len() {
+    send_datagram_leaving(conn, p, 0)
+}
+
+/// Send-buffer space new tunnel packets leave free for resends and NACKs:
+/// with the buffer full under load, requests for lost packets were dropped
+/// as often as new packets, and holes went unfilled.
+pub const RESEND_RESERVE: usize = 128 * 1024;
+
+/// As [`send_datagram`], but leaves `reserve` bytes of the buffer free.
+pub fn send_datagram_leaving(
+    conn: &Connection,
+    p: bytes::Bytes,
+    reserve: usize,
+) -> Result<bool, quinn::SendDatagramError> {
+    if conn.datagram_send_buffer_space() < p.len() + reserve {
         return Ok(false);
     }
     conn.send_datagram(p).map(|()| true)

@@ -11,13 +11,16 @@ use crate::master::driver::{Downlink, MAX_BATCH};
 use crate::master::RoutingTable;
 use crate::packet::{Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, NodeIdentity, Role};
+use crate::transport::arq::{
+    self, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, SenderConfig, Verdict,
+};
 use crate::transport::{self, close, TransportOptions};
 use ipnet::Ipv6Net;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 const REDIAL: Duration = Duration::from_secs(1);
@@ -49,6 +52,15 @@ pub struct PeerStats {
     pub malformed: AtomicU64,
     /// Datagrams to the peer dropped because the connection's send buffer was full.
     pub send_queue_full: AtomicU64,
+    /// Loss hiding (`transport::arq`): holes in what the peer sent, holes
+    /// filled by a late or resent packet, holes given up (the inner flows
+    /// see these as losses), packets resent on the peer's request, and
+    /// requests for packets no longer kept.
+    pub arq_holes: AtomicU64,
+    pub arq_recovered: AtomicU64,
+    pub arq_lost: AtomicU64,
+    pub arq_resent: AtomicU64,
+    pub arq_expired: AtomicU64,
     pub connects: AtomicU64,
 }
 
@@ -165,6 +177,14 @@ pub async fn run(
     tracing::info!(listen = %cfg.listen, peers = peers.len(), "tunnel up");
 
     let (events_tx, mut events) = mpsc::channel(64);
+    // NACKs from the receive tasks to the senders kept here, one per peer.
+    let (nack_tx, mut nacks) = mpsc::channel::<(usize, Vec<(u32, u16)>)>(1024);
+    let mut senders: Vec<ArqSender> = peers
+        .iter()
+        .map(|_| ArqSender::new(SenderConfig::default()))
+        .collect();
+    let mut arena = PacketArena::default();
+    let mut resend = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, p) in peers.iter().enumerate() {
         if let Some(addr) = p.endpoint {
@@ -196,11 +216,11 @@ pub async fn run(
                         let first = conns[i].is_empty();
                         bump(&stats[i].connects, 1);
                         let (up, st, ps) = (port.up.clone(), stats[i].clone(), peers.clone());
-                        let tx = events_tx.clone();
+                        let (tx, nack_tx) = (events_tx.clone(), nack_tx.clone());
                         let id = conn.stable_id();
                         let c = conn.clone();
                         tasks.spawn(async move {
-                            receive(c, &ps[i], up, st).await;
+                            receive(c, (i, &ps[i]), up, st, nack_tx).await;
                             let _ = tx.send(PeerEvent::Down(i, id)).await;
                         });
                         conns[i].push(conn);
@@ -221,8 +241,20 @@ pub async fn run(
                     slot.1 = live.clone();
                 }
             }
+            Some((i, ranges)) = nacks.recv() => {
+                let Some(conn) = conns[i].first() else { continue };
+                senders[i].on_nack(&ranges, Instant::now(), &mut resend);
+                for (_, d) in resend.drain(..) {
+                    if matches!(transport::send_datagram(conn, d), Ok(true)) {
+                        bump(&stats[i].arq_resent, 1);
+                    }
+                }
+                let s = senders[i].stats();
+                stats[i].arq_expired.store(s.expired, Ordering::Relaxed);
+            }
             msg = port.recv() => match msg {
                 Some(Downlink::Packets(packets)) => {
+                    let now = Instant::now();
                     for p in packets {
                         let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
                         let Some((_, &i)) = routes.lookup(dst) else { continue };
@@ -231,8 +263,13 @@ pub async fn run(
                             continue;
                         };
                         let len = p.len() as u64;
-                        match transport::send_datagram(conn, p) {
+                        // The number is taken only if the datagram leaves: a
+                        // local drop must not become a hole the peer asks for.
+                        let header = arq::data_header(senders[i].seq());
+                        let d = arena.copy_parts(&[&header, &p]).freeze();
+                        match transport::send_datagram_leaving(conn, d.clone(), transport::RESEND_RESERVE) {
                             Ok(true) => {
+                                senders[i].sent(d, now);
                                 bump(&stats[i].tx_packets, 1);
                                 bump(&stats[i].tx_bytes, len);
                             }
@@ -252,22 +289,58 @@ pub async fn run(
     result
 }
 
-/// Datagrams from a peer: well-formed IPv6 from inside the peer's certificate, or dropped and counted.
+/// The least RTT NACK retries are timed by: below it, scheduling jitter
+/// would ask again for packets already on their way.
+const MIN_NACK_RTT: Duration = Duration::from_millis(1);
+
+/// Datagrams from peer `i`: well-formed IPv6 from inside the peer's
+/// certificate, or dropped and counted. Holes in the numbering are asked for
+/// again; NACKs for what we sent go to the sender in `run`.
 async fn receive(
     conn: quinn::Connection,
-    peer: &PeerConfig,
+    (i, peer): (usize, &PeerConfig),
     up: super::Uplink,
     stats: Arc<PeerStats>,
+    nacks: mpsc::Sender<(usize, Vec<(u32, u16)>)>,
 ) {
     let identity = match transport::peer_identity(&conn) {
         Ok(id) => id,
         Err(_) => return,
     };
     let mut arena = PacketArena::default();
-    while let Ok(datagrams) = transport::read_datagrams(&conn, MAX_BATCH).await {
+    let mut holes = ArqReceiver::new(ReceiverConfig::default());
+    let mut reported = ReceiverStats::default();
+    loop {
+        let rtt = conn.rtt().max(MIN_NACK_RTT);
+        let retry = holes.poll_timeout(rtt);
+        let datagrams = tokio::select! {
+            got = transport::read_datagrams(&conn, MAX_BATCH) => match got {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+            () = sleep_until(retry) => Vec::new(),
+        };
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
-            let src = match Ipv6Packet::new_checked(&d[..]) {
+            let packet = match Frame::parse(&d) {
+                Ok(Frame::Data { seq, packet }) => {
+                    if holes.on_data(seq) == Verdict::Duplicate {
+                        continue;
+                    }
+                    packet
+                }
+                Ok(Frame::Nack(ranges)) => {
+                    // A full queue loses a request, as the wire may: the peer asks again.
+                    let _ = nacks.try_send((i, ranges));
+                    continue;
+                }
+                Err(e) => {
+                    bump(&stats.malformed, 1);
+                    tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
+                    continue;
+                }
+            };
+            let src = match Ipv6Packet::new_checked(packet) {
                 Ok(p) => p.src(),
                 Err(e) => {
                     bump(&stats.malformed, 1);
@@ -281,12 +354,27 @@ async fn receive(
                 continue;
             }
             bump(&stats.rx_packets, 1);
-            bump(&stats.rx_bytes, d.len() as u64);
-            batch.push(arena.copy(&d));
+            bump(&stats.rx_bytes, packet.len() as u64);
+            batch.push(arena.copy(packet));
         }
-        if up.packets(batch).is_err() {
+        for nack in arq::encode_nacks(&holes.poll_nack(Instant::now(), rtt)) {
+            let _ = transport::send_datagram(&conn, nack);
+        }
+        let seen = holes.stats();
+        bump(&stats.arq_holes, seen.holes - reported.holes);
+        bump(&stats.arq_recovered, seen.recovered - reported.recovered);
+        bump(&stats.arq_lost, seen.lost - reported.lost);
+        reported = seen;
+        if !batch.is_empty() && up.packets(batch).is_err() {
             return;
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,612 @@
+//! Loss hiding for tunnel datagrams: selective repeat driven by NACKs.
+//!
+//! QUIC datagrams are unreliable, so a lost wire packet is a lost inner
+//! packet, and an inner TCP with a loss-based controller (CUBIC, Reno) halves
+//! its rate for each: at 5 % underlay loss every tunnel without loss hiding
+//! carries a few Mbit/s. Here each data datagram carries a sequence number;
+//! the receiver notices holes and asks for them with a NACK; the sender keeps
+//! what it sent for a bounded time and number of bytes and sends it again.
+//! The inner TCP then sees a late packet (reordering, which Linux undoes on
+//! DSACK) rather than a loss.
+//!
+//! Both halves are plain state machines with time passed in; the tunnel moves
+//! the bytes. Sequence numbers are 32 bits on the wire and unwrapped to 64
+//! bits on receipt, so wrap-around is never an edge case.
+
+use bytes::{BufMut, Bytes};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// First byte of a tunnel datagram.
+const KIND_DATA: u8 = 0;
+const KIND_NACK: u8 = 1;
+/// Bytes a data datagram adds in front of the IPv6 packet.
+pub const DATA_HEADER: usize = 5;
+/// Ranges in one NACK: keeps it well inside any datagram size.
+pub const MAX_NACK_RANGES: usize = 128;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArqError {
+    #[error("empty datagram")]
+    Empty,
+    #[error("unknown datagram kind {0}")]
+    UnknownKind(u8),
+    #[error("data datagram shorter than its {DATA_HEADER}-byte header")]
+    ShortData,
+    #[error("NACK length {len} is not a whole number of 6-byte ranges")]
+    BadNackLength { len: usize },
+    #[error("NACK range of length zero")]
+    EmptyRange,
+}
+
+/// A tunnel datagram, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Data {
+        seq: u32,
+        packet: &'a [u8],
+    },
+    /// Missing sequence numbers as (first, count) ranges.
+    Nack(Vec<(u32, u16)>),
+}
+
+impl<'a> Frame<'a> {
+    pub fn parse(d: &'a [u8]) -> Result<Frame<'a>, ArqError> {
+        let (&kind, rest) = d.split_first().ok_or(ArqError::Empty)?;
+        match kind {
+            KIND_DATA => {
+                let (seq, packet) = rest.split_first_chunk::<4>().ok_or(ArqError::ShortData)?;
+                Ok(Frame::Data {
+                    seq: u32::from_be_bytes(*seq),
+                    packet,
+                })
+            }
+            KIND_NACK => {
+                if rest.len() % 6 != 0 {
+                    return Err(ArqError::BadNackLength { len: rest.len() });
+                }
+                rest.chunks_exact(6)
+                    .map(|c| {
+                        let first = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+                        match u16::from_be_bytes([c[4], c[5]]) {
+                            0 => Err(ArqError::EmptyRange),
+                            n => Ok((first, n)),
+                        }
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Frame::Nack)
+            }
+            other => Err(ArqError::UnknownKind(other)),
+        }
+    }
+}
+
+/// The header of a data datagram numbered `seq` (the packet follows it).
+pub fn data_header(seq: u32) -> [u8; DATA_HEADER] {
+    let s = seq.to_be_bytes();
+    [KIND_DATA, s[0], s[1], s[2], s[3]]
+}
+
+/// Encodes `missing` (ascending) as one NACK datagram per
+/// [`MAX_NACK_RANGES`] ranges.
+pub fn encode_nacks(missing: &[u32]) -> Vec<Bytes> {
+    let mut ranges: Vec<(u32, u16)> = Vec::new();
+    for &seq in missing {
+        match ranges.last_mut() {
+            Some((first, n)) if first.wrapping_add(u32::from(*n)) == seq && *n < u16::MAX => {
+                *n += 1
+            }
+            _ => ranges.push((seq, 1)),
+        }
+    }
+    ranges
+        .chunks(MAX_NACK_RANGES)
+        .map(|chunk| {
+            let mut b = Vec::with_capacity(1 + 6 * chunk.len());
+            b.put_u8(KIND_NACK);
+            for &(first, n) in chunk {
+                b.put_u32(first);
+                b.put_u16(n);
+            }
+            Bytes::from(b)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Packets older than this are no longer kept: a NACK for them would
+    /// come after the inner TCP has given up on them anyway.
+    pub max_age: Duration,
+    /// Bytes kept per peer: bounds memory whatever the rate.
+    pub max_bytes: usize,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            max_age: Duration::from_millis(500),
+            // A request comes back about one RTT after the send: at 2 Gbit/s
+            // over 20 ms that is 5 MB; 4 MiB lost a third of the requests.
+            max_bytes: 16 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Packets sent again on request.
+    pub resent: u64,
+    /// Requested packets no longer kept.
+    pub expired: u64,
+}
+
+/// The sending half: numbers packets and keeps them for resending.
+#[derive(Debug)]
+pub struct ArqSender {
+    cfg: SenderConfig,
+    next: u32,
+    /// Consecutive sequence numbers, oldest first: `held[i]` has `first + i`.
+    held: VecDeque<(Instant, Bytes)>,
+    first: u32,
+    bytes: usize,
+    stats: SenderStats,
+}
+
+impl ArqSender {
+    pub fn new(cfg: SenderConfig) -> Self {
+        ArqSender {
+            cfg,
+            next: 0,
+            held: VecDeque::new(),
+            first: 0,
+            bytes: 0,
+            stats: SenderStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// Bytes of packets currently kept.
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The number the next datagram gets.
+    pub fn seq(&self) -> u32 {
+        self.next
+    }
+
+    /// Keeps `datagram` (numbered [`Self::seq`]) for resending; returns its number.
+    pub fn sent(&mut self, packet: Bytes, now: Instant) -> u32 {
+        let seq = self.next;
+        self.next = seq.wrapping_add(1);
+        if self.held.is_empty() {
+            self.first = seq;
+        }
+        self.bytes += packet.len();
+        self.held.push_back((now, packet));
+        self.trim(now);
+        seq
+    }
+
+    fn trim(&mut self, now: Instant) {
+        while let Some((at, p)) = self.held.front() {
+            if self.bytes <= self.cfg.max_bytes
+                && now.saturating_duration_since(*at) <= self.cfg.max_age
+            {
+                break;
+            }
+            self.bytes -= p.len();
+            self.held.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
+    }
+
+    /// The packets a NACK asks for that are still kept, with their numbers.
+    pub fn on_nack(&mut self, ranges: &[(u32, u16)], now: Instant, out: &mut Vec<(u32, Bytes)>) {
+        self.trim(now);
+        for &(start, n) in ranges {
+            for seq in (0..u32::from(n)).map(|i| start.wrapping_add(i)) {
+                let offset = seq.wrapping_sub(self.first) as usize;
+                match self.held.get(offset) {
+                    Some((_, p)) => {
+                        self.stats.resent += 1;
+                        out.push((seq, p.clone()));
+                    }
+                    None => self.stats.expired += 1,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// Holes further back than this many sequence numbers are given up.
+    pub window: u64,
+    /// How many times one hole is asked for.
+    pub max_requests: u8,
+    /// A hole is asked for again after this many RTTs without an answer.
+    pub retry_rtts: u32,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            // About 360 ms at 2 Gbit/s of 1400-byte packets: a hole must
+            // outlive two request rounds on a 20 ms path (8192 lost 14 %).
+            window: 65536,
+            // Four rounds: under load a round fails more often than the
+            // wire loss alone says (measured: two rounds left 6 % of holes).
+            max_requests: 4,
+            retry_rtts: 2,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Holes seen (wire losses, or reordering).
+    pub holes: u64,
+    /// Holes filled by a late or resent packet.
+    pub recovered: u64,
+    /// Holes given up on: the inner flow sees these as losses.
+    pub lost: u64,
+    /// Packets that arrived twice, or after their hole was given up.
+    pub duplicates: u64,
+    /// Sequence numbers asked for.
+    pub requested: u64,
+}
+
+/// What to do with a received data packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// New: deliver it.
+    Deliver,
+    /// Seen already (or given up on): drop it.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    /// When it was last asked for, and how often.
+    asked: Option<Instant>,
+    requests: u8,
+}
+
+/// The receiving half: finds holes and says when to ask for them.
+#[derive(Debug)]
+pub struct ArqReceiver {
+    cfg: ReceiverConfig,
+    /// Highest sequence number seen, unwrapped.
+    highest: Option<u64>,
+    holes: BTreeMap<u64, Hole>,
+    stats: ReceiverStats,
+}
+
+impl ArqReceiver {
+    pub fn new(cfg: ReceiverConfig) -> Self {
+        ArqReceiver {
+            cfg,
+            highest: None,
+            holes: BTreeMap::new(),
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats
+    }
+
+    /// Holes currently open.
+    pub fn open_holes(&self) -> usize {
+        self.holes.len()
+    }
+
+    /// The 64-bit sequence number nearest the highest seen.
+    fn unwrap(&self, seq: u32) -> u64 {
+        match self.highest {
+            None => u64::from(seq) + (1 << 32),
+            Some(h) => {
+                let delta = i64::from(seq.wrapping_sub(h as u32) as i32);
+                h.wrapping_add_signed(delta)
+            }
+        }
+    }
+
+    pub fn on_data(&mut self, seq: u32) -> Verdict {
+        let s = self.unwrap(seq);
+        let Some(h) = self.highest else {
+            self.highest = Some(s);
+            return Verdict::Deliver;
+        };
+        if s > h {
+            // Only the last `window` numbers can become holes.
+            let from = (h + 1).max(s.saturating_sub(self.cfg.window));
+            self.stats.holes += s - from;
+            self.stats.lost += from - (h + 1);
+            for missing in from..s {
+                self.holes.insert(
+                    missing,
+                    Hole {
+                        asked: None,
+                        requests: 0,
+                    },
+                );
+            }
+            self.highest = Some(s);
+            let oldest = s.saturating_sub(self.cfg.window);
+            while let Some((&k, _)) = self.holes.first_key_value() {
+                if k >= oldest {
+                    break;
+                }
+                self.holes.remove(&k);
+                self.stats.lost += 1;
+            }
+            Verdict::Deliver
+        } else if self.holes.remove(&s).is_some() {
+            self.stats.recovered += 1;
+            Verdict::Deliver
+        } else {
+            self.stats.duplicates += 1;
+            Verdict::Duplicate
+        }
+    }
+
+    /// Holes to ask for now (ascending, wire numbers); holes asked for
+    /// `max_requests` times with no answer for `retry_rtts` RTTs are given up.
+    pub fn poll_nack(&mut self, now: Instant, rtt: Duration) -> Vec<u32> {
+        let retry = rtt * self.cfg.retry_rtts;
+        let mut ask = Vec::new();
+        let mut give_up = Vec::new();
+        for (&seq, hole) in self.holes.iter_mut() {
+            let due = hole
+                .asked
+                .is_none_or(|at| now.saturating_duration_since(at) >= retry);
+            if !due {
+                continue;
+            }
+            if hole.requests >= self.cfg.max_requests {
+                give_up.push(seq);
+                continue;
+            }
+            hole.asked = Some(now);
+            hole.requests += 1;
+            ask.push(seq as u32);
+        }
+        for seq in give_up {
+            self.holes.remove(&seq);
+            self.stats.lost += 1;
+        }
+        self.stats.requested += ask.len() as u64;
+        ask
+    }
+
+    /// When `poll_nack` next has something to do.
+    pub fn poll_timeout(&self, rtt: Duration) -> Option<Instant> {
+        let retry = rtt * self.cfg.retry_rtts;
+        self.holes
+            .values()
+            .filter_map(|h| h.asked.map(|at| at + retry))
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(i: u32) -> Bytes {
+        Bytes::from(format!("packet {i}").into_bytes())
+    }
+
+    #[test]
+    fn frames_round_trip_and_bad_ones_are_named() {
+        let mut d = data_header(0xdead_beef).to_vec();
+        d.extend_from_slice(b"\x60rest");
+        assert_eq!(
+            Frame::parse(&d),
+            Ok(Frame::Data {
+                seq: 0xdead_beef,
+                packet: b"\x60rest"
+            })
+        );
+        let nacks = encode_nacks(&[7, 8, 9, 20, u32::MAX, 0]);
+        assert_eq!(nacks.len(), 1);
+        assert_eq!(
+            Frame::parse(&nacks[0]),
+            Ok(Frame::Nack(vec![(7, 3), (20, 1), (u32::MAX, 2)]))
+        );
+        assert_eq!(Frame::parse(&[]), Err(ArqError::Empty));
+        assert_eq!(
+            Frame::parse(&[0x60, 0, 0]),
+            Err(ArqError::UnknownKind(0x60))
+        );
+        assert_eq!(Frame::parse(&[0, 1, 2]), Err(ArqError::ShortData));
+        assert_eq!(
+            Frame::parse(&[1, 0, 0, 0, 1, 0]),
+            Err(ArqError::BadNackLength { len: 5 })
+        );
+        assert_eq!(
+            Frame::parse(&[1, 0, 0, 0, 1, 0, 0]),
+            Err(ArqError::EmptyRange)
+        );
+    }
+
+    #[test]
+    fn long_nacks_split_into_bounded_datagrams() {
+        let missing: Vec<u32> = (0..1000).map(|i| i * 2).collect();
+        let nacks = encode_nacks(&missing);
+        assert_eq!(nacks.len(), 1000usize.div_ceil(MAX_NACK_RANGES));
+        let mut back = Vec::new();
+        for n in &nacks {
+            assert!(n.len() <= 1 + 6 * MAX_NACK_RANGES);
+            let Ok(Frame::Nack(ranges)) = Frame::parse(n) else {
+                panic!("not a NACK")
+            };
+            back.extend(ranges.into_iter().map(|(s, _)| s));
+        }
+        assert_eq!(back, missing);
+    }
+
+    #[test]
+    fn a_lost_packet_is_asked_for_and_resent() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(20);
+        let mut tx = ArqSender::new(SenderConfig::default());
+        let mut rx = ArqReceiver::new(ReceiverConfig::default());
+        let wire: Vec<(u32, Bytes)> = (0..5)
+            .map(|i| (tx.sent(packet(i), t0), packet(i)))
+            .collect();
+        // Number 2 is lost on the wire.
+        for (seq, _) in wire.iter().filter(|(s, _)| *s != 2) {
+            assert_eq!(rx.on_data(*seq), Verdict::Deliver);
+        }
+        let ask = rx.poll_nack(t0, rtt);
+        assert_eq!(ask, [2]);
+        let Ok(Frame::Nack(ranges)) = Frame::parse(&encode_nacks(&ask)[0]) else {
+            panic!()
+        };
+        let mut resend = Vec::new();
+        tx.on_nack(&ranges, t0 + rtt / 2, &mut resend);
+        assert_eq!(resend, [(2, packet(2))]);
+        assert_eq!(rx.on_data(2), Verdict::Deliver);
+        // A second copy (the original was only late) is dropped.
+        assert_eq!(rx.on_data(2), Verdict::Duplicate);
+        let s = rx.stats();
+        assert_eq!((s.holes, s.recovered, s.lost, s.duplicates), (1, 1, 0, 1));
+        assert_eq!(rx.open_holes(), 0);
+        assert_eq!(tx.stats().resent, 1);
+    }
+
+    #[test]
+    fn a_hole_is_asked_for_a_bounded_number_of_times_then_given_up() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(10);
+        let mut rx = ArqReceiver::new(ReceiverConfig {
+            max_requests: 2,
+            ..ReceiverConfig::default()
+        });
+        rx.on_data(0);
+        rx.on_data(2);
+        assert_eq!(rx.poll_nack(t0, rtt), [1]);
+        // Not again before two RTTs.
+        assert!(rx.poll_nack(t0 + rtt, rtt).is_empty());
+        assert_eq!(rx.poll_timeout(rtt), Some(t0 + 2 * rtt));
+        assert_eq!(rx.poll_nack(t0 + 2 * rtt, rtt), [1]);
+        assert!(rx.poll_nack(t0 + 4 * rtt, rtt).is_empty());
+        assert_eq!(rx.open_holes(), 0);
+        assert_eq!(rx.stats().lost, 1);
+        assert_eq!(rx.stats().requested, 2);
+        // The original, very late: its hole is gone, so it is not delivered twice.
+        assert_eq!(rx.on_data(1), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let t0 = Instant::now();
+        let mut tx = ArqSender::new(SenderConfig::default());
+        tx.next = u32::MAX - 1;
+        let mut rx = ArqReceiver::new(ReceiverConfig::default());
+        let seqs: Vec<u32> = (0..4).map(|i| tx.sent(packet(i), t0)).collect();
+        assert_eq!(seqs, [u32::MAX - 1, u32::MAX, 0, 1]);
+        for s in [u32::MAX - 1, 0, 1] {
+            assert_eq!(rx.on_data(s), Verdict::Deliver);
+        }
+        assert_eq!(rx.poll_nack(t0, Duration::from_millis(1)), [u32::MAX]);
+        let mut out = Vec::new();
+        tx.on_nack(&[(u32::MAX, 1)], t0, &mut out);
+        assert_eq!(out, [(u32::MAX, packet(1))]);
+        assert_eq!(rx.on_data(u32::MAX), Verdict::Deliver);
+        assert_eq!(rx.on_data(u32::MAX - 1), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn the_sender_keeps_bounded_bytes_and_age() {
+        let t0 = Instant::now();
+        let mut tx = ArqSender::new(SenderConfig {
+            max_age: Duration::from_millis(100),
+            max_bytes: 1000,
+        });
+        let big = Bytes::from(vec![0u8; 300]);
+        for _ in 0..10 {
+            tx.sent(big.clone(), t0);
+        }
+        assert!(tx.held_bytes() <= 1000, "{}", tx.held_bytes());
+        let mut out = Vec::new();
+        tx.on_nack(&[(0, 10)], t0, &mut out);
+        assert_eq!(out.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [7, 8, 9]);
+        assert_eq!(tx.stats().expired, 7);
+        out.clear();
+        tx.on_nack(&[(9, 1)], t0 + Duration::from_millis(101), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(tx.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_huge_jump_tracks_only_the_window() {
+        let mut rx = ArqReceiver::new(ReceiverConfig {
+            window: 100,
+            ..ReceiverConfig::default()
+        });
+        rx.on_data(0);
+        rx.on_data(1_000_000);
+        assert_eq!(rx.open_holes(), 100);
+        let s = rx.stats();
+        assert_eq!(s.holes, 100);
+        assert_eq!(s.lost, 1_000_000 - 1 - 100);
+    }
+
+    /// A seeded lossy path between the two halves: with one NACK round trip
+    /// the inner flow sees the loss squared (both the packet and its resend
+    /// lost), not the loss.
+    #[test]
+    fn random_loss_is_hidden_down_to_its_square() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(20);
+        let mut tx = ArqSender::new(SenderConfig::default());
+        let mut rx = ArqReceiver::new(ReceiverConfig::default());
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut lossy = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % 100 < 5
+        };
+        let total = 100_000u32;
+        let mut delivered = 0u32;
+        let mut now = t0;
+        for i in 0..total {
+            now += Duration::from_micros(10);
+            let seq = tx.sent(packet(i), now);
+            if !lossy() && rx.on_data(seq) == Verdict::Deliver {
+                delivered += 1;
+            }
+            if i % 100 == 0 {
+                // NACKs cross the same lossy path; resends arrive half an RTT later.
+                let ask = rx.poll_nack(now, rtt);
+                for nack in encode_nacks(&ask) {
+                    if lossy() {
+                        continue;
+                    }
+                    let Ok(Frame::Nack(ranges)) = Frame::parse(&nack) else {
+                        panic!()
+                    };
+                    let mut out = Vec::new();
+                    tx.on_nack(&ranges, now, &mut out);
+                    for (seq, _) in out {
+                        if !lossy() && rx.on_data(seq) == Verdict::Deliver {
+                            delivered += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let lost = f64::from(total - delivered) / f64::from(total);
+        assert!(lost < 0.005, "residual loss {lost}");
+        assert!(rx.stats().recovered > u64::from(total) * 4 / 100);
+    }
+}
