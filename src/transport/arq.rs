@@ -270,20 +270,20 @@ pub enum Verdict {
     Duplicate,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Hole {
-    /// When it was last asked for, and how often.
-    asked: Option<Instant>,
-    requests: u8,
-}
-
 /// The receiving half: finds holes and says when to ask for them.
 #[derive(Debug)]
 pub struct ArqReceiver {
     cfg: ReceiverConfig,
     /// Highest sequence number seen, unwrapped.
     highest: Option<u64>,
-    holes: BTreeMap<u64, Hole>,
+    /// Open holes and how often each was asked for.
+    holes: BTreeMap<u64, u8>,
+    /// Holes from this number up have never been asked for.
+    unasked_from: u64,
+    /// Asked holes by when to look at them again, in asking order: each
+    /// poll touches only what is due and what is new, not every open hole.
+    /// Entries of holes filled meanwhile are skipped when they come up.
+    retries: VecDeque<(Instant, u64)>,
     stats: ReceiverStats,
 }
 
@@ -293,6 +293,8 @@ impl ArqReceiver {
             cfg,
             highest: None,
             holes: BTreeMap::new(),
+            unasked_from: 0,
+            retries: VecDeque::new(),
             stats: ReceiverStats::default(),
         }
     }
@@ -329,13 +331,7 @@ impl ArqReceiver {
             self.stats.holes += s - from;
             self.stats.lost += from - (h + 1);
             for missing in from..s {
-                self.holes.insert(
-                    missing,
-                    Hole {
-                        asked: None,
-                        requests: 0,
-                    },
-                );
+                self.holes.insert(missing, 0);
             }
             self.highest = Some(s);
             let oldest = s.saturating_sub(self.cfg.window);
@@ -359,39 +355,50 @@ impl ArqReceiver {
     /// Holes to ask for now (ascending, wire numbers); holes asked for
     /// `max_requests` times with no answer for `retry_rtts` RTTs are given up.
     pub fn poll_nack(&mut self, now: Instant, rtt: Duration) -> Vec<u32> {
-        let retry = rtt * self.cfg.retry_rtts;
+        let due_again = now + rtt * self.cfg.retry_rtts;
+        let max = self.cfg.max_requests;
         let mut ask = Vec::new();
-        let mut give_up = Vec::new();
-        for (&seq, hole) in self.holes.iter_mut() {
-            let due = hole
-                .asked
-                .is_none_or(|at| now.saturating_duration_since(at) >= retry);
-            if !due {
+        while let Some(&(due, seq)) = self.retries.front() {
+            if due > now {
+                break;
+            }
+            self.retries.pop_front();
+            let Some(requests) = self.holes.get_mut(&seq) else {
+                continue; // filled, or out of the window
+            };
+            if *requests >= max {
+                self.holes.remove(&seq);
+                self.stats.lost += 1;
                 continue;
             }
-            if hole.requests >= self.cfg.max_requests {
-                give_up.push(seq);
-                continue;
-            }
-            hole.asked = Some(now);
-            hole.requests += 1;
-            ask.push(seq as u32);
+            *requests += 1;
+            self.retries.push_back((due_again, seq));
+            ask.push(seq);
         }
-        for seq in give_up {
+        let mut never_asked = Vec::new();
+        for (&seq, requests) in self.holes.range_mut(self.unasked_from..) {
+            if max > 0 {
+                *requests = 1;
+                self.retries.push_back((due_again, seq));
+                ask.push(seq);
+            } else {
+                never_asked.push(seq);
+            }
+        }
+        for seq in never_asked {
             self.holes.remove(&seq);
             self.stats.lost += 1;
         }
+        self.unasked_from = self.highest.map_or(0, |h| h + 1);
+        ask.sort_unstable();
         self.stats.requested += ask.len() as u64;
-        ask
+        ask.into_iter().map(|s| s as u32).collect()
     }
 
-    /// When `poll_nack` next has something to do.
-    pub fn poll_timeout(&self, rtt: Duration) -> Option<Instant> {
-        let retry = rtt * self.cfg.retry_rtts;
-        self.holes
-            .values()
-            .filter_map(|h| h.asked.map(|at| at + retry))
-            .min()
+    /// When `poll_nack` next has something to do (besides new holes, which
+    /// are due at once: poll after every received batch).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retries.front().map(|&(due, _)| due)
     }
 }
 
@@ -480,6 +487,9 @@ mod tests {
         assert_eq!((s.holes, s.recovered, s.lost, s.duplicates), (1, 1, 0, 1));
         assert_eq!(rx.open_holes(), 0);
         assert_eq!(tx.stats().resent, 1);
+        // A filled hole is not asked for again when its retry comes up.
+        assert!(rx.poll_nack(t0 + 10 * rtt, rtt).is_empty());
+        assert_eq!(rx.poll_timeout(), None);
     }
 
     #[test]
@@ -495,7 +505,7 @@ mod tests {
         assert_eq!(rx.poll_nack(t0, rtt), [1]);
         // Not again before two RTTs.
         assert!(rx.poll_nack(t0 + rtt, rtt).is_empty());
-        assert_eq!(rx.poll_timeout(rtt), Some(t0 + 2 * rtt));
+        assert_eq!(rx.poll_timeout(), Some(t0 + 2 * rtt));
         assert_eq!(rx.poll_nack(t0 + 2 * rtt, rtt), [1]);
         assert!(rx.poll_nack(t0 + 4 * rtt, rtt).is_empty());
         assert_eq!(rx.open_holes(), 0);

@@ -312,7 +312,7 @@ async fn receive(
     let mut reported = ReceiverStats::default();
     loop {
         let rtt = conn.rtt().max(MIN_NACK_RTT);
-        let retry = holes.poll_timeout(rtt);
+        let retry = holes.poll_timeout();
         let datagrams = tokio::select! {
             got = transport::read_datagrams(&conn, MAX_BATCH) => match got {
                 Ok(d) => d,
