@@ -152,7 +152,7 @@ async fn forward(
                 Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset) => {}
                 Err(e) => return Err(e),
             },
-            () = sleep_until(due) => {}
+            () = crate::transport::sleep_until(due) => {}
             changed = cfg.changed() => {
                 if changed.is_err() {
                     return Ok(());
@@ -175,13 +175,6 @@ async fn send(tx: &UdpSocket, to: &Dest, packet: &[u8]) {
     if let Some(dst) = to.get() {
         // A failed send is one more lost packet, as on a real path.
         let _ = tx.send_to(packet, dst).await;
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

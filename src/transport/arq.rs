@@ -146,9 +146,8 @@ pub struct SenderStats {
 pub struct ArqSender {
     cfg: SenderConfig,
     next: u32,
-    /// Consecutive sequence numbers, oldest first: `held[i]` has `first + i`.
+    /// The datagrams numbered up to `next - 1`, oldest first, consecutive.
     held: VecDeque<(Instant, Bytes)>,
-    first: u32,
     bytes: usize,
     stats: SenderStats,
 }
@@ -159,7 +158,6 @@ impl ArqSender {
             cfg,
             next: 0,
             held: VecDeque::new(),
-            first: 0,
             bytes: 0,
             stats: SenderStats::default(),
         }
@@ -183,9 +181,6 @@ impl ArqSender {
     pub fn sent(&mut self, packet: Bytes, now: Instant) -> u32 {
         let seq = self.next;
         self.next = seq.wrapping_add(1);
-        if self.held.is_empty() {
-            self.first = seq;
-        }
         self.bytes += packet.len();
         self.held.push_back((now, packet));
         self.trim(now);
@@ -201,16 +196,16 @@ impl ArqSender {
             }
             self.bytes -= p.len();
             self.held.pop_front();
-            self.first = self.first.wrapping_add(1);
         }
     }
 
     /// The packets a NACK asks for that are still kept, with their numbers.
     pub fn on_nack(&mut self, ranges: &[(u32, u16)], now: Instant, out: &mut Vec<(u32, Bytes)>) {
         self.trim(now);
+        let first = self.next.wrapping_sub(self.held.len() as u32);
         for &(start, n) in ranges {
             for seq in (0..u32::from(n)).map(|i| start.wrapping_add(i)) {
-                let offset = seq.wrapping_sub(self.first) as usize;
+                let offset = seq.wrapping_sub(first) as usize;
                 match self.held.get(offset) {
                     Some((_, p)) => {
                         self.stats.resent += 1;
@@ -579,13 +574,8 @@ mod tests {
         let rtt = Duration::from_millis(20);
         let mut tx = ArqSender::new(SenderConfig::default());
         let mut rx = ArqReceiver::new(ReceiverConfig::default());
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut lossy = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % 100 < 5
-        };
+        let mut rng = crate::impair::Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut lossy = || rng.chance(0.05);
         let total = 100_000u32;
         let mut delivered = 0u32;
         let mut now = t0;

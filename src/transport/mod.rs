@@ -212,6 +212,15 @@ pub fn send_datagram_leaving(
     conn.send_datagram(p).map(|()| true)
 }
 
+/// Waits until `at`, or forever for `None`: a state machine's `poll_timeout`
+/// as a `select!` branch.
+pub async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for a datagram, then takes every one already received, up to `max`:
 /// one wake-up and one hand-off per burst instead of per packet.
 pub async fn read_datagrams(

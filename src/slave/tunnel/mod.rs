@@ -98,12 +98,13 @@ impl TunnelShared {
             .iter()
             .map(|(name, conns, stats)| {
                 let live = conns.first();
+                let path = live.map(|c| c.stats().path);
                 PeerStatus {
                     name: name.clone(),
                     connected: live.is_some(),
                     rtt_ms: live.map(|c| c.rtt().as_secs_f64() * 1000.0),
-                    lost_packets: live.map_or(0, |c| c.stats().path.lost_packets),
-                    window_bytes: live.map(|c| c.stats().path.cwnd),
+                    lost_packets: path.map_or(0, |p| p.lost_packets),
+                    window_bytes: path.map(|p| p.cwnd),
                     connections: conns.len(),
                     stats: stats.clone(),
                 }
@@ -318,7 +319,7 @@ async fn receive(
                 Ok(d) => d,
                 Err(_) => return,
             },
-            () = sleep_until(retry) => Vec::new(),
+            () = transport::sleep_until(retry) => Vec::new(),
         };
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
@@ -368,13 +369,6 @@ async fn receive(
         if !batch.is_empty() && up.packets(batch).is_err() {
             return;
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 
