@@ -2,7 +2,7 @@
 //! remote slaves and its admin socket, run until shutdown.
 
 use crate::config::{SiteConfig, SlaveFile, SlaveSection};
-use crate::master::driver;
+use crate::master::driver::MasterHandle;
 use crate::master::remote::{self, Admission, RemoteStats};
 use crate::master::Master;
 use crate::pki::{Credentials, PkiError, Role};
@@ -70,7 +70,7 @@ pub async fn run(cfg: SiteConfig, shutdown: impl Future<Output = ()>) -> Result<
     let creds = load_site_credentials(&cfg)?;
     let opts = cfg.transport();
     let started = std::time::Instant::now();
-    let master = driver::spawn(Master::new(cfg.router_address()));
+    let master = MasterHandle::new(Master::new(cfg.router_address()));
     let remote_stats = Arc::new(RemoteStats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
 

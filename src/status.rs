@@ -85,10 +85,7 @@ pub struct SiteStatus {
 
 impl SiteView {
     pub async fn to_json(&self) -> Option<String> {
-        let master = match &self.master {
-            Some(m) => Some(m.snapshot().await.ok()?),
-            None => None,
-        };
+        let master = self.master.as_ref().map(MasterHandle::snapshot);
         let out = SiteStatusOut {
             site: &self.name,
             identity: &self.identity,
@@ -259,7 +256,6 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
         }
     }
     let _ = writeln!(o, "  icmp sent          {}", s.master["stats"]["icmp_sent"]);
-    let _ = writeln!(o, "  master inbox full  {}", s.master["inbox_full"]);
     for (k, v) in s.remote.as_object().into_iter().flatten() {
         let _ = writeln!(o, "  remote {k:<18} {v}");
     }

@@ -1,5 +1,8 @@
-//! The tokio task around [`Master`]: it owns the state machine and one bounded
-//! queue per slave. Everything else talks to it through a [`MasterHandle`].
+//! The shared router around [`Master`]: the state machine and one bounded
+//! queue per slave behind one lock. A slave routes its own batch through it
+//! and the packets land straight in the egress slave's queue, so the master
+//! costs a function call per batch, not a task wake-up per hop (the packet
+//! path runs on one thread, so the lock is never contended there).
 
 use super::{Master, SessionInfo, SlaveId, SlaveView, Verdict};
 use crate::control::{ControlMessage, SlaveKind};
@@ -7,15 +10,13 @@ use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
 
 /// Packets queued towards one slave before the master drops (and counts)
 /// more: about 6 MB, 1.5 ms at 4 Gbit/s.
 pub const SLAVE_QUEUE: usize = 4096;
-/// Packets waiting for the master itself.
-const INBOX: usize = 4096;
 /// Most packets one batch carries (a 64 KB GSO read splits into about 45).
 pub const MAX_BATCH: usize = 128;
 
@@ -113,18 +114,6 @@ pub enum Downlink {
     },
 }
 
-enum Event {
-    Attach {
-        info: SessionInfo,
-        down: DownlinkTx,
-        reply: oneshot::Sender<SlaveId>,
-    },
-    Detach(SlaveId),
-    Control(SlaveId, ControlMessage),
-    Packets(SlaveId, Vec<BytesMut>),
-    Snapshot(oneshot::Sender<MasterSnapshot>),
-}
-
 /// A consistent view of the master for status and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct MasterSnapshot {
@@ -132,16 +121,21 @@ pub struct MasterSnapshot {
     pub slaves: Vec<SlaveView>,
     pub routes: Vec<(Ipv6Net, SlaveId)>,
     pub stats: super::MasterStats,
-    /// Packets the master's own inbox refused (the master was saturated).
-    pub inbox_full: u64,
 }
 
+struct Core {
+    master: Master,
+    queues: HashMap<SlaveId, DownlinkTx>,
+    /// What DHT slaves were last told the site serves, and which slaves they were.
+    last_served: (Vec<Ipv6Net>, Vec<SlaveId>),
+    /// Scratch for splitting a batch by egress slave.
+    out: Vec<(SlaveId, Vec<Bytes>)>,
+}
+
+/// The master, shared by its slaves. Cloning is cheap.
 #[derive(Clone)]
 pub struct MasterHandle {
-    tx: mpsc::Sender<Event>,
-    inbox_full: Arc<AtomicU64>,
-    /// Packets in the inbox: bounded by count, like a slave's queue.
-    inbox_queued: Arc<AtomicUsize>,
+    core: Arc<Mutex<Core>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,189 +143,124 @@ pub struct MasterHandle {
 pub struct MasterGone;
 
 impl MasterHandle {
+    pub fn new(master: Master) -> Self {
+        MasterHandle {
+            core: Arc::new(Mutex::new(Core {
+                master,
+                queues: HashMap::new(),
+                last_served: (Vec::new(), Vec::new()),
+                out: Vec::new(),
+            })),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // Nothing under the lock can leave the state half-changed, so a
+        // panic elsewhere while holding it does not poison the router.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens a session; the receiver yields what the master sends this slave.
-    pub async fn attach(&self, info: SessionInfo) -> Result<(SlaveId, DownlinkRx), MasterGone> {
+    pub fn attach(&self, info: SessionInfo) -> (SlaveId, DownlinkRx) {
         let (down, rx) = downlink();
-        let (reply, id) = oneshot::channel();
-        self.tx
-            .send(Event::Attach { info, down, reply })
-            .await
-            .map_err(|_| MasterGone)?;
-        Ok((id.await.map_err(|_| MasterGone)?, rx))
+        let mut core = self.core();
+        let id = core.master.attach(info);
+        core.queues.insert(id, down);
+        (id, rx)
     }
 
-    pub async fn detach(&self, id: SlaveId) {
-        let _ = self.tx.send(Event::Detach(id)).await;
+    pub fn detach(&self, id: SlaveId) {
+        let core = &mut *self.core();
+        core.master.detach(id);
+        core.queues.remove(&id);
+        core.notify_served();
     }
 
-    pub async fn control(&self, id: SlaveId, msg: ControlMessage) -> Result<(), MasterGone> {
-        self.tx
-            .send(Event::Control(id, msg))
-            .await
-            .map_err(|_| MasterGone)
-    }
-
-    /// Never waits: a full inbox drops the batch and counts its packets.
-    pub fn packets(&self, id: SlaveId, batch: Vec<BytesMut>) -> Result<(), MasterGone> {
-        let n = batch.len();
-        if n == 0 {
-            return Ok(());
+    pub fn control(&self, id: SlaveId, msg: ControlMessage) {
+        let core = &mut *self.core();
+        let outcome = core.master.handle_control(id, msg);
+        // Never wait on a slave's queue: one stuck slave must not stall the router.
+        let mut close = outcome.close;
+        for reply in outcome.replies {
+            close |= !core.send(id, Downlink::Control(reply));
         }
-        if self.inbox_queued.fetch_add(n, Ordering::Relaxed) + n > INBOX {
-            self.inbox_queued.fetch_sub(n, Ordering::Relaxed);
-            self.inbox_full.fetch_add(n as u64, Ordering::Relaxed);
-            return Ok(());
-        }
-        match self.tx.try_send(Event::Packets(id, batch)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.inbox_queued.fetch_sub(n, Ordering::Relaxed);
-                match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        self.inbox_full.fetch_add(n as u64, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    mpsc::error::TrySendError::Closed(_) => Err(MasterGone),
-                }
-            }
-        }
-    }
-
-    pub async fn snapshot(&self) -> Result<MasterSnapshot, MasterGone> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Event::Snapshot(tx))
-            .await
-            .map_err(|_| MasterGone)?;
-        rx.await.map_err(|_| MasterGone)
-    }
-}
-
-/// Starts the master task; it ends when every handle is dropped.
-pub fn spawn(master: Master) -> MasterHandle {
-    let (tx, rx) = mpsc::channel(INBOX);
-    let inbox_full = Arc::new(AtomicU64::new(0));
-    let inbox_queued = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(run(master, rx, inbox_full.clone(), inbox_queued.clone()));
-    MasterHandle {
-        tx,
-        inbox_full,
-        inbox_queued,
-    }
-}
-
-fn send(queues: &HashMap<SlaveId, DownlinkTx>, to: SlaveId, msg: Downlink) -> bool {
-    queues.get(&to).is_some_and(|q| q.try_send(msg))
-}
-
-/// Routes one batch and hands each slave its share in one message.
-fn route_batch(
-    master: &mut Master,
-    queues: &HashMap<SlaveId, DownlinkTx>,
-    from: SlaveId,
-    batch: Vec<BytesMut>,
-    out: &mut Vec<(SlaveId, Vec<Bytes>)>,
-) {
-    for mut buf in batch {
-        let (to, packet) = match master.handle_packet(from, &mut buf) {
-            Verdict::Forward(to) => (to, buf.freeze()),
-            Verdict::Reply { to, packet, .. } => (to, Bytes::from(packet)),
-            Verdict::Drop(_) => continue,
-        };
-        // A batch almost always goes to one or two slaves: a short scan beats a map.
-        match out.iter_mut().find(|(id, _)| *id == to) {
-            Some((_, packets)) => packets.push(packet),
-            None => out.push((to, vec![packet])),
-        }
-    }
-    for (to, packets) in out.drain(..) {
-        let n = packets.len();
-        if !send(queues, to, Downlink::Packets(packets)) {
-            master.count_queue_full(n as u64);
-        }
-    }
-}
-
-/// Tells DHT slaves what the site serves whenever that, or the set of DHT slaves, changes.
-fn notify_served(
-    master: &Master,
-    queues: &HashMap<SlaveId, DownlinkTx>,
-    last: &mut (Vec<Ipv6Net>, Vec<SlaveId>),
-) {
-    let now = (master.served(), master.slaves_of_kind(SlaveKind::Dht));
-    if now != *last {
-        for id in &now.1 {
-            send(
-                queues,
-                *id,
-                Downlink::Control(ControlMessage::Served {
-                    prefixes: now.0.clone(),
-                }),
+        if close {
+            core.send(
+                id,
+                Downlink::Close {
+                    reason: "control protocol error".into(),
+                },
             );
+            core.master.detach(id);
+            core.queues.remove(&id);
         }
-        *last = now;
+        core.notify_served();
+    }
+
+    /// Routes a batch from slave `from` into the egress slaves' queues.
+    /// Never waits: a full queue drops and counts.
+    pub fn packets(&self, from: SlaveId, batch: Vec<BytesMut>) {
+        if !batch.is_empty() {
+            self.core().route_batch(from, batch);
+        }
+    }
+
+    pub fn snapshot(&self) -> MasterSnapshot {
+        let core = self.core();
+        MasterSnapshot {
+            router: core.master.router(),
+            slaves: core.master.slaves(),
+            routes: core.master.routes(),
+            stats: core.master.stats().clone(),
+        }
     }
 }
 
-async fn run(
-    mut master: Master,
-    mut rx: mpsc::Receiver<Event>,
-    inbox_full: Arc<AtomicU64>,
-    inbox_queued: Arc<AtomicUsize>,
-) {
-    let mut queues: HashMap<SlaveId, DownlinkTx> = HashMap::new();
-    let mut last_served = (Vec::new(), Vec::new());
-    let mut out = Vec::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Packets(from, batch) => {
-                inbox_queued.fetch_sub(batch.len(), Ordering::Relaxed);
-                route_batch(&mut master, &queues, from, batch, &mut out)
+impl Core {
+    fn send(&self, to: SlaveId, msg: Downlink) -> bool {
+        self.queues.get(&to).is_some_and(|q| q.try_send(msg))
+    }
+
+    /// Routes one batch and hands each slave its share in one message.
+    fn route_batch(&mut self, from: SlaveId, batch: Vec<BytesMut>) {
+        let mut out = std::mem::take(&mut self.out);
+        for mut buf in batch {
+            let (to, packet) = match self.master.handle_packet(from, &mut buf) {
+                Verdict::Forward(to) => (to, buf.freeze()),
+                Verdict::Reply { to, packet, .. } => (to, Bytes::from(packet)),
+                Verdict::Drop(_) => continue,
+            };
+            // A batch almost always goes to one or two slaves: a short scan beats a map.
+            match out.iter_mut().find(|(id, _)| *id == to) {
+                Some((_, packets)) => packets.push(packet),
+                None => out.push((to, vec![packet])),
             }
-            Event::Attach { info, down, reply } => {
-                let id = master.attach(info);
-                queues.insert(id, down);
-                if reply.send(id).is_err() {
-                    master.detach(id);
-                    queues.remove(&id);
-                }
+        }
+        for (to, packets) in out.drain(..) {
+            let n = packets.len();
+            if !self.send(to, Downlink::Packets(packets)) {
+                self.master.count_queue_full(n as u64);
             }
-            Event::Detach(id) => {
-                master.detach(id);
-                queues.remove(&id);
-                notify_served(&master, &queues, &mut last_served);
+        }
+        self.out = out;
+    }
+
+    /// Tells DHT slaves what the site serves whenever that, or the set of DHT slaves, changes.
+    fn notify_served(&mut self) {
+        let now = (
+            self.master.served(),
+            self.master.slaves_of_kind(SlaveKind::Dht),
+        );
+        if now != self.last_served {
+            for id in &now.1 {
+                self.send(
+                    *id,
+                    Downlink::Control(ControlMessage::Served {
+                        prefixes: now.0.clone(),
+                    }),
+                );
             }
-            Event::Control(id, msg) => {
-                let outcome = master.handle_control(id, msg);
-                // Never wait on a slave's queue: one stuck slave must not stall the router.
-                let mut close = outcome.close;
-                for reply in outcome.replies {
-                    close |= !send(&queues, id, Downlink::Control(reply));
-                }
-                if close {
-                    send(
-                        &queues,
-                        id,
-                        Downlink::Close {
-                            reason: "control protocol error".into(),
-                        },
-                    );
-                }
-                if close {
-                    master.detach(id);
-                    queues.remove(&id);
-                }
-                notify_served(&master, &queues, &mut last_served);
-            }
-            Event::Snapshot(reply) => {
-                let _ = reply.send(MasterSnapshot {
-                    router: master.router(),
-                    slaves: master.slaves(),
-                    routes: master.routes(),
-                    stats: master.stats().clone(),
-                    inbox_full: inbox_full.load(Ordering::Relaxed),
-                });
-            }
+            self.last_served = now;
         }
     }
 }

@@ -101,19 +101,13 @@ async fn session(
         link_mtu: conn.max_datagram_size().and_then(|s| u16::try_from(s).ok()),
         remote: true,
     };
-    let Ok((id, mut down)) = master.attach(info).await else {
-        return Ok(());
-    };
+    let (id, mut down) = master.attach(info);
 
     // Control frames in: decode errors are counted, named to the peer, and end this session only.
     let control_in = async {
         loop {
             match transport::read_control(&mut recv).await {
-                Ok(Some(msg)) => {
-                    if master.control(id, msg).await.is_err() {
-                        return None;
-                    }
-                }
+                Ok(Some(msg)) => master.control(id, msg),
                 Ok(None) => return None,
                 Err(TransportError::Control(e)) => {
                     RemoteStats::bump(&stats.control_errors);
@@ -131,9 +125,7 @@ async fn session(
         let mut arena = PacketArena::default();
         while let Ok(batch) = transport::read_datagrams(&conn, MAX_BATCH).await {
             let batch = batch.iter().map(|d| arena.copy(d)).collect();
-            if master.packets(id, batch).is_err() {
-                return;
-            }
+            master.packets(id, batch);
         }
     };
     let out = async {
@@ -165,7 +157,7 @@ async fn session(
         _ = datagrams_in => None,
         r = out => r,
     };
-    master.detach(id).await;
+    master.detach(id);
     match reason {
         Some(reason) => {
             let _ = transport::write_control(

@@ -3,7 +3,7 @@
 //! registry. Labels are bounded: slave and peer names from config or
 //! certificates, kinds, directions and drop reasons, never addresses.
 
-use crate::master::driver::MasterSnapshot;
+use crate::master::driver::{MasterHandle, MasterSnapshot};
 use crate::master::DropReason;
 use crate::status::SiteView;
 use prometheus::{
@@ -37,10 +37,7 @@ fn gauge(
 
 /// Renders the site's metrics in the Prometheus text format.
 pub async fn render(view: &SiteView, start_time: f64) -> Option<String> {
-    let snap = match &view.master {
-        Some(m) => Some(m.snapshot().await.ok()?),
-        None => None,
-    };
+    let snap = view.master.as_ref().map(MasterHandle::snapshot);
     let reg = Registry::new();
     build(&reg, view, snap.as_ref(), start_time).ok()?;
     let mut out = Vec::new();
@@ -534,9 +531,6 @@ fn master_metrics(
             .with_label_values(&[r.as_str()])
             .inc_by(snap.stats.drops.get(r.as_str()).copied().unwrap_or(0));
     }
-    drops
-        .with_label_values(&["inbox_full"])
-        .inc_by(snap.inbox_full);
     let icmp = counter(
         reg,
         "on6_icmp_sent_total",

@@ -60,13 +60,14 @@ impl Uplink {
         self.packets(vec![packet])
     }
 
-    /// Sends a batch without waiting: in-process it is one hand-off to the
-    /// master; an overloaded path drops and counts.
+    /// Sends a batch without waiting: in-process the master routes it
+    /// straight into the egress slaves' queues; an overloaded path drops and counts.
     pub fn packets(&self, batch: Vec<BytesMut>) -> Result<(), SlaveError> {
         match self {
-            Uplink::Local { id, master } => master
-                .packets(*id, batch)
-                .map_err(|_| SlaveError::MasterGone),
+            Uplink::Local { id, master } => {
+                master.packets(*id, batch);
+                Ok(())
+            }
             Uplink::Remote { conn, .. } => {
                 for packet in batch {
                     match conn.send_datagram(packet.freeze()) {
@@ -84,10 +85,10 @@ impl Uplink {
 
     pub async fn control(&self, msg: ControlMessage) -> Result<(), SlaveError> {
         match self {
-            Uplink::Local { id, master } => master
-                .control(*id, msg)
-                .await
-                .map_err(|_| SlaveError::MasterGone),
+            Uplink::Local { id, master } => {
+                master.control(*id, msg);
+                Ok(())
+            }
             Uplink::Remote { control, .. } => {
                 control.send(msg).await.map_err(|_| SlaveError::MasterGone)
             }
@@ -186,10 +187,7 @@ pub async fn attach_local(
         link_mtu: None,
         remote: false,
     };
-    let (id, down) = master
-        .attach(info)
-        .await
-        .map_err(|_| SlaveError::MasterGone)?;
+    let (id, down) = master.attach(info);
     Ok(MasterPort {
         up: Uplink::Local {
             id,
