@@ -25,7 +25,8 @@
 //! - [`packet`]: checked views over IPv6 / ICMPv6 bytes, ICMPv6 error builders.
 //! - [`control`]: the versioned control protocol between slaves and masters.
 //! - [`master`]: the routing state machine ([`master::Master`]), its table,
-//!   its tokio driver and the QUIC sessions of remote slaves.
+//!   the shared router its in-process slaves route through, and the QUIC
+//!   sessions of remote slaves.
 //! - [`slave`]: slaves (`gateway`: TUN; `tunnel`: static QUIC tunnels; `dht`:
 //!   libp2p Kademlia prefix-to-site mapping with a pure resolver) and the
 //!   [`slave::MasterPort`] through which they see their master.

@@ -114,6 +114,14 @@ pub enum Downlink {
     },
 }
 
+/// Takes an in-process slave's packets in the sending slave's own call: a
+/// gateway writes them to its TUN, a tunnel hands them to QUIC. It saves a
+/// queue and a task wake-up per hop. It runs under the router's lock, so it
+/// must not call back into the master; it counts what it cannot send.
+pub trait PacketSink: Send + Sync {
+    fn deliver(&self, packets: Vec<Bytes>);
+}
+
 /// A consistent view of the master for status and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct MasterSnapshot {
@@ -126,6 +134,8 @@ pub struct MasterSnapshot {
 struct Core {
     master: Master,
     queues: HashMap<SlaveId, DownlinkTx>,
+    /// Slaves that take packets directly instead of through their queue.
+    sinks: HashMap<SlaveId, Arc<dyn PacketSink>>,
     /// What DHT slaves were last told the site serves, and which slaves they were.
     last_served: (Vec<Ipv6Net>, Vec<SlaveId>),
     /// Scratch for splitting a batch by egress slave.
@@ -148,6 +158,7 @@ impl MasterHandle {
             core: Arc::new(Mutex::new(Core {
                 master,
                 queues: HashMap::new(),
+                sinks: HashMap::new(),
                 last_served: (Vec::new(), Vec::new()),
                 out: Vec::new(),
             })),
@@ -171,9 +182,16 @@ impl MasterHandle {
 
     pub fn detach(&self, id: SlaveId) {
         let core = &mut *self.core();
-        core.master.detach(id);
-        core.queues.remove(&id);
+        core.remove(id);
         core.notify_served();
+    }
+
+    /// From now on, packets for `id` go to `sink` instead of its queue.
+    pub fn set_sink(&self, id: SlaveId, sink: Arc<dyn PacketSink>) {
+        let mut core = self.core();
+        if core.queues.contains_key(&id) {
+            core.sinks.insert(id, sink);
+        }
     }
 
     pub fn control(&self, id: SlaveId, msg: ControlMessage) {
@@ -191,8 +209,7 @@ impl MasterHandle {
                     reason: "control protocol error".into(),
                 },
             );
-            core.master.detach(id);
-            core.queues.remove(&id);
+            core.remove(id);
         }
         core.notify_served();
     }
@@ -217,6 +234,12 @@ impl MasterHandle {
 }
 
 impl Core {
+    fn remove(&mut self, id: SlaveId) {
+        self.master.detach(id);
+        self.queues.remove(&id);
+        self.sinks.remove(&id);
+    }
+
     fn send(&self, to: SlaveId, msg: Downlink) -> bool {
         self.queues.get(&to).is_some_and(|q| q.try_send(msg))
     }
@@ -237,6 +260,10 @@ impl Core {
             }
         }
         for (to, packets) in out.drain(..) {
+            if let Some(sink) = self.sinks.get(&to) {
+                sink.deliver(packets);
+                continue;
+            }
             let n = packets.len();
             if !self.send(to, Downlink::Packets(packets)) {
                 self.master.count_queue_full(n as u64);
@@ -262,5 +289,107 @@ impl Core {
             }
             self.last_served = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::Master;
+    use crate::packet::{build_ipv6, Ipv6Packet};
+    use crate::slave::{attach_local, MasterPort};
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Bytes>>);
+
+    impl PacketSink for Recorder {
+        fn deliver(&self, packets: Vec<Bytes>) {
+            self.0.lock().unwrap().extend(packets);
+        }
+    }
+
+    fn net(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    async fn slave(master: &MasterHandle, kind: SlaveKind, prefix: &str) -> MasterPort {
+        let mut port = attach_local(master, &format!("{kind}"), vec![net(prefix)])
+            .await
+            .unwrap();
+        let hello = ControlMessage::Hello {
+            kind,
+            name: format!("{kind}"),
+            prefixes: vec![net(prefix)],
+            mtu: 1400,
+        };
+        port.hello(hello).await.unwrap();
+        port
+    }
+
+    fn udp(src: &str, dst: &str) -> BytesMut {
+        let mut out = Vec::new();
+        build_ipv6(
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            17,
+            64,
+            &[7; 100],
+            &mut out,
+        );
+        BytesMut::from(&out[..])
+    }
+
+    #[tokio::test]
+    async fn a_sink_takes_routed_packets_in_the_senders_call_and_the_queue_stays_empty() {
+        let master = MasterHandle::new(Master::new("fd6e:0:a::1".parse().unwrap()));
+        let gw = slave(&master, SlaveKind::Gateway, "fd6e:0:a::/48").await;
+        let mut tunnel = slave(&master, SlaveKind::Tunnel, "fd6e:0:b::/48").await;
+        let sink = Arc::new(Recorder::default());
+        tunnel.deliver_directly(sink.clone());
+
+        gw.up
+            .packets(vec![udp("fd6e:0:a::2", "fd6e:0:b::2"); 3])
+            .unwrap();
+
+        let got = sink.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 3);
+        let p = Ipv6Packet::new_checked(&got[0][..]).unwrap();
+        assert_eq!(
+            p.dst(),
+            "fd6e:0:b::2".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            p.hop_limit(),
+            63,
+            "the master still decrements the hop limit"
+        );
+        assert!(tunnel.try_recv_packets().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_port_takes_its_routes_and_its_sink_with_it() {
+        let master = MasterHandle::new(Master::new("fd6e:0:a::1".parse().unwrap()));
+        let mut gw = slave(&master, SlaveKind::Gateway, "fd6e:0:a::/48").await;
+        let tunnel = slave(&master, SlaveKind::Tunnel, "fd6e:0:b::/48").await;
+        let sink = Arc::new(Recorder::default());
+        tunnel.deliver_directly(sink.clone());
+        assert_eq!(master.snapshot().routes.len(), 2);
+
+        drop(tunnel);
+
+        assert_eq!(master.snapshot().routes.len(), 1);
+        gw.up
+            .packets(vec![udp("fd6e:0:a::2", "fd6e:0:b::2")])
+            .unwrap();
+        assert!(sink.0.lock().unwrap().is_empty());
+        // The sender hears Destination Unreachable from its router instead.
+        let reply = gw
+            .try_recv_packets()
+            .expect("an ICMPv6 error for the sender");
+        let p = Ipv6Packet::new_checked(&reply[0][..]).unwrap();
+        assert_eq!(
+            p.src(),
+            "fd6e:0:a::1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
     }
 }

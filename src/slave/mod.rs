@@ -8,7 +8,7 @@ pub mod gateway;
 pub mod tunnel;
 
 use crate::control::ControlMessage;
-use crate::master::driver::{downlink, Downlink, DownlinkRx, MasterHandle, MAX_BATCH};
+use crate::master::driver::{downlink, Downlink, DownlinkRx, MasterHandle, PacketSink, MAX_BATCH};
 use crate::master::{SessionInfo, SlaveId};
 use crate::pki::Credentials;
 use crate::transport::{self, TransportError, TransportOptions};
@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use std::collections::VecDeque;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +151,15 @@ impl MasterPort {
         Ok((prefixes, router))
     }
 
+    /// In-process, the master hands this slave's packets to `sink` in the
+    /// sender's call from now on. Over QUIC they still arrive through
+    /// [`MasterPort::recv`], and the slave passes them to the same sink.
+    pub fn deliver_directly(&self, sink: Arc<dyn PacketSink>) {
+        if let Uplink::Local { id, master } = &self.up {
+            master.set_sink(*id, sink);
+        }
+    }
+
     /// The next message from the master; `None` once it is gone.
     pub async fn recv(&mut self) -> Option<Downlink> {
         match self.backlog.pop_front() {
@@ -175,7 +185,16 @@ impl MasterPort {
     }
 }
 
-/// Attaches an in-process slave: channels straight into the master task.
+/// An in-process slave that stops leaves the master: its routes go at once.
+impl Drop for MasterPort {
+    fn drop(&mut self) {
+        if let Uplink::Local { id, master } = &self.up {
+            master.detach(*id);
+        }
+    }
+}
+
+/// Attaches an in-process slave: it routes through the shared master itself.
 pub async fn attach_local(
     master: &MasterHandle,
     name: &str,

@@ -4,14 +4,14 @@
 
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
-use crate::master::driver::Downlink;
+use crate::master::driver::{Downlink, PacketSink};
 use crate::packet::PacketArena;
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
 use serde::Serialize;
 use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 #[derive(Debug, Clone)]
@@ -120,9 +120,9 @@ impl TunReader {
     }
 }
 
-/// Collects packets for the TUN and writes them in one go, coalescing TCP and
-/// UDP flows into super-packets (GRO) so the kernel's stack runs once per
-/// flow and batch rather than once per packet.
+/// Writes a batch to the TUN in one go, coalescing TCP and UDP flows into
+/// super-packets (GRO) so the kernel's stack runs once per flow and batch
+/// rather than once per packet.
 #[derive(Default)]
 struct TunWriter {
     bufs: Vec<Vec<u8>>,
@@ -131,10 +131,6 @@ struct TunWriter {
 }
 
 impl TunWriter {
-    fn full(&self) -> bool {
-        self.len >= IDEAL_BATCH_SIZE
-    }
-
     fn push(&mut self, packets: Vec<Bytes>) {
         for p in packets {
             if self.bufs.len() == self.len {
@@ -151,13 +147,13 @@ impl TunWriter {
         }
     }
 
-    async fn write(&mut self, dev: &AsyncDevice, stats: &GatewayStats) {
+    /// Writes without waiting: the kernel takes TUN writes at once, and
+    /// should it refuse, the batch is dropped and counted.
+    fn write(&mut self, dev: &AsyncDevice, stats: &GatewayStats) {
         let bufs = &mut self.bufs[..self.len];
         let bytes: usize = bufs.iter().map(|b| b.len() - VIRTIO_NET_HDR_LEN).sum();
-        match dev
-            .send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN)
-            .await
-        {
+        let sync_dev = std::ops::Deref::deref(dev);
+        match sync_dev.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN) {
             Ok(_) => {
                 add(&stats.tun_tx_packets, self.len as u64);
                 add(&stats.tun_tx_batches, 1);
@@ -172,6 +168,21 @@ impl TunWriter {
     }
 }
 
+/// Packets for the site's hosts, written to the TUN in the sender's own call.
+struct TunSink {
+    dev: Arc<AsyncDevice>,
+    writer: Mutex<TunWriter>,
+    stats: Arc<GatewayStats>,
+}
+
+impl PacketSink for TunSink {
+    fn deliver(&self, packets: Vec<Bytes>) {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        writer.push(packets);
+        writer.write(&self.dev, &self.stats);
+    }
+}
+
 /// Runs the gateway until the master goes away or `shutdown` resolves. The
 /// TUN device (and with it its routes) is removed when this returns.
 pub async fn run(
@@ -180,15 +191,17 @@ pub async fn run(
     stats: Arc<GatewayStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), SlaveError> {
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(&cfg.tun_name)
-        .mtu(cfg.mtu)
-        .ipv6(cfg.address, 128u8)
-        // Offload: the kernel hands us 64 KB TCP/UDP super-packets (split
-        // here into MTU-sized ones) and takes coalesced ones back.
-        .offload(true)
-        .build_async()
-        .map_err(SlaveError::Tun)?;
+    let dev = Arc::new(
+        tun_rs::DeviceBuilder::new()
+            .name(&cfg.tun_name)
+            .mtu(cfg.mtu)
+            .ipv6(cfg.address, 128u8)
+            // Offload: the kernel hands us 64 KB TCP/UDP super-packets (split
+            // here into MTU-sized ones) and takes coalesced ones back.
+            .offload(true)
+            .build_async()
+            .map_err(SlaveError::Tun)?,
+    );
     for route in &cfg.routes {
         ip(&[
             "-6",
@@ -212,7 +225,12 @@ pub async fn run(
     tracing::info!(tun = %cfg.tun_name, prefixes = ?accepted, %router, mtu = cfg.mtu, "gateway up");
 
     let mut reader = TunReader::new(cfg.mtu);
-    let mut writer = TunWriter::default();
+    let sink = Arc::new(TunSink {
+        dev: dev.clone(),
+        writer: Mutex::new(TunWriter::default()),
+        stats: stats.clone(),
+    });
+    port.deliver_directly(sink.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -223,15 +241,15 @@ pub async fn run(
                 }
             }
             msg = port.recv() => match msg {
-                Some(Downlink::Packets(first)) => {
-                    writer.push(first);
-                    while !writer.full() {
+                // Only a gateway attached over QUIC gets packets here.
+                Some(Downlink::Packets(mut batch)) => {
+                    while batch.len() < IDEAL_BATCH_SIZE {
                         match port.try_recv_packets() {
-                            Some(more) => writer.push(more),
+                            Some(more) => batch.extend(more),
                             None => break,
                         }
                     }
-                    writer.write(&dev, &stats).await;
+                    sink.deliver(batch);
                 }
                 Some(Downlink::Control(ControlMessage::Refused { prefix, reason })) => {
                     tracing::warn!(?prefix, %reason, "master refused an announcement");

@@ -7,7 +7,7 @@
 
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
-use crate::master::driver::{Downlink, MAX_BATCH};
+use crate::master::driver::{Downlink, PacketSink, MAX_BATCH};
 use crate::master::RoutingTable;
 use crate::packet::{Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, NodeIdentity, Role};
@@ -15,6 +15,7 @@ use crate::transport::arq::{
     self, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, SenderConfig, Verdict,
 };
 use crate::transport::{self, close, TransportOptions};
+use bytes::Bytes;
 use ipnet::Ipv6Net;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -125,6 +126,84 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// The sending side of every peer: which peer a destination belongs to, its
+/// live connections, and what loss hiding keeps of what was sent.
+struct Egress {
+    routes: RoutingTable<usize>,
+    conns: Vec<Vec<quinn::Connection>>,
+    senders: Vec<ArqSender>,
+    stats: Vec<Arc<PeerStats>>,
+    names: Vec<String>,
+    arena: PacketArena,
+    resend: Vec<(u32, Bytes)>,
+    shared: Arc<TunnelShared>,
+}
+
+impl Egress {
+    fn send(&mut self, packets: Vec<Bytes>, now: Instant) {
+        for p in packets {
+            let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else {
+                continue;
+            };
+            let Some((_, &i)) = self.routes.lookup(dst) else {
+                continue;
+            };
+            let Some(conn) = self.conns[i].first() else {
+                bump(&self.shared.no_connection, 1);
+                continue;
+            };
+            let len = p.len() as u64;
+            // The number is taken only if the datagram leaves: a local drop
+            // must not become a hole the peer asks for.
+            let header = arq::data_header(self.senders[i].seq());
+            let d = self.arena.copy_parts(&[&header, &p]).freeze();
+            match transport::send_datagram_leaving(conn, d.clone(), transport::RESEND_RESERVE) {
+                Ok(true) => {
+                    self.senders[i].sent(d, now);
+                    bump(&self.stats[i].tx_packets, 1);
+                    bump(&self.stats[i].tx_bytes, len);
+                }
+                Ok(false) => bump(&self.stats[i].send_queue_full, 1),
+                Err(e) => {
+                    tracing::debug!(peer = %self.names[i], error = %e, "datagram not sent")
+                }
+            }
+        }
+    }
+
+    /// Resends what peer `i` asked for again.
+    fn on_nack(&mut self, i: usize, ranges: &[(u32, u16)], now: Instant) {
+        let Some(conn) = self.conns[i].first() else {
+            return;
+        };
+        self.senders[i].on_nack(ranges, now, &mut self.resend);
+        for (_, d) in self.resend.drain(..) {
+            if matches!(transport::send_datagram(conn, d), Ok(true)) {
+                bump(&self.stats[i].arq_resent, 1);
+            }
+        }
+        let s = self.senders[i].stats();
+        self.stats[i]
+            .arq_expired
+            .store(s.expired, Ordering::Relaxed);
+    }
+}
+
+/// Packets from the master, sent in the caller's call.
+struct TunnelSink(Mutex<Egress>);
+
+impl TunnelSink {
+    fn egress(&self) -> std::sync::MutexGuard<'_, Egress> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PacketSink for TunnelSink {
+    fn deliver(&self, packets: Vec<Bytes>) {
+        self.egress().send(packets, Instant::now());
+    }
+}
+
 /// Checks a connected peer: a site certificate with the configured name
 /// that covers every prefix we would send it.
 fn authorize(peer: &PeerConfig, id: &NodeIdentity) -> Result<(), String> {
@@ -155,13 +234,12 @@ pub async fn run(
     let endpoint = transport::endpoint(cfg.listen, Some(server), client)?;
     let peers = Arc::new(cfg.peers.clone());
     let mut routes = RoutingTable::new();
-    let mut stats = Vec::new();
     for (i, p) in peers.iter().enumerate() {
         for net in &p.prefixes {
             routes.insert(*net, i);
         }
-        stats.push(Arc::new(PeerStats::default()));
     }
+    let stats: Vec<Arc<PeerStats>> = peers.iter().map(|_| Arc::default()).collect();
     *shared.peers.lock().unwrap_or_else(|e| e.into_inner()) = peers
         .iter()
         .zip(&stats)
@@ -180,12 +258,20 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::channel(64);
     // NACKs from the receive tasks to the senders kept here, one per peer.
     let (nack_tx, mut nacks) = mpsc::channel::<(usize, Vec<(u32, u16)>)>(1024);
-    let mut senders: Vec<ArqSender> = peers
-        .iter()
-        .map(|_| ArqSender::new(SenderConfig::default()))
-        .collect();
-    let mut arena = PacketArena::default();
-    let mut resend = Vec::new();
+    let sink = Arc::new(TunnelSink(Mutex::new(Egress {
+        routes,
+        conns: vec![Vec::new(); peers.len()],
+        senders: peers
+            .iter()
+            .map(|_| ArqSender::new(SenderConfig::default()))
+            .collect(),
+        stats: stats.clone(),
+        names: peers.iter().map(|p| p.name.clone()).collect(),
+        arena: PacketArena::default(),
+        resend: Vec::new(),
+        shared: shared.clone(),
+    })));
+    port.deliver_directly(sink.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, p) in peers.iter().enumerate() {
         if let Some(addr) = p.endpoint {
@@ -206,15 +292,15 @@ pub async fn run(
         shared.clone(),
     ));
 
-    let mut conns: Vec<Vec<quinn::Connection>> = vec![Vec::new(); peers.len()];
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             Some(ev) = events.recv() => {
-                match ev {
+                // The lock is not held across the control messages: the
+                // master may be delivering to this very sink.
+                let announce = match ev {
                     PeerEvent::Up(i, conn) => {
-                        let first = conns[i].is_empty();
                         bump(&stats[i].connects, 1);
                         let (up, st, ps) = (port.up.clone(), stats[i].clone(), peers.clone());
                         let (tx, nack_tx) = (events_tx.clone(), nack_tx.clone());
@@ -224,61 +310,35 @@ pub async fn run(
                             receive(c, (i, &ps[i]), up, st, nack_tx).await;
                             let _ = tx.send(PeerEvent::Down(i, id)).await;
                         });
-                        conns[i].push(conn);
-                        if first {
-                            port.up.control(ControlMessage::Announce { prefixes: peers[i].prefixes.clone() }).await?;
-                        }
+                        let mut egress = sink.egress();
+                        let first = egress.conns[i].is_empty();
+                        egress.conns[i].push(conn);
+                        first.then(|| ControlMessage::Announce { prefixes: peers[i].prefixes.clone() })
                     }
                     PeerEvent::Down(i, id) => {
-                        conns[i].retain(|c| c.stable_id() != id);
-                        if conns[i].is_empty() {
+                        let mut egress = sink.egress();
+                        egress.conns[i].retain(|c| c.stable_id() != id);
+                        egress.conns[i].is_empty().then(|| {
                             tracing::warn!(peer = %peers[i].name, "peer unreachable: withdrawing its prefixes");
-                            port.up.control(ControlMessage::Withdraw { prefixes: peers[i].prefixes.clone() }).await?;
-                        }
+                            ControlMessage::Withdraw { prefixes: peers[i].prefixes.clone() }
+                        })
+                    }
+                };
+                {
+                    let egress = sink.egress();
+                    let mut table = shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+                    for (slot, live) in table.iter_mut().zip(&egress.conns) {
+                        slot.1 = live.clone();
                     }
                 }
-                let mut table = shared.peers.lock().unwrap_or_else(|e| e.into_inner());
-                for (slot, live) in table.iter_mut().zip(&conns) {
-                    slot.1 = live.clone();
+                if let Some(msg) = announce {
+                    port.up.control(msg).await?;
                 }
             }
-            Some((i, ranges)) = nacks.recv() => {
-                let Some(conn) = conns[i].first() else { continue };
-                senders[i].on_nack(&ranges, Instant::now(), &mut resend);
-                for (_, d) in resend.drain(..) {
-                    if matches!(transport::send_datagram(conn, d), Ok(true)) {
-                        bump(&stats[i].arq_resent, 1);
-                    }
-                }
-                let s = senders[i].stats();
-                stats[i].arq_expired.store(s.expired, Ordering::Relaxed);
-            }
+            Some((i, ranges)) = nacks.recv() => sink.egress().on_nack(i, &ranges, Instant::now()),
             msg = port.recv() => match msg {
-                Some(Downlink::Packets(packets)) => {
-                    let now = Instant::now();
-                    for p in packets {
-                        let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
-                        let Some((_, &i)) = routes.lookup(dst) else { continue };
-                        let Some(conn) = conns[i].first() else {
-                            bump(&shared.no_connection, 1);
-                            continue;
-                        };
-                        let len = p.len() as u64;
-                        // The number is taken only if the datagram leaves: a
-                        // local drop must not become a hole the peer asks for.
-                        let header = arq::data_header(senders[i].seq());
-                        let d = arena.copy_parts(&[&header, &p]).freeze();
-                        match transport::send_datagram_leaving(conn, d.clone(), transport::RESEND_RESERVE) {
-                            Ok(true) => {
-                                senders[i].sent(d, now);
-                                bump(&stats[i].tx_packets, 1);
-                                bump(&stats[i].tx_bytes, len);
-                            }
-                            Ok(false) => bump(&stats[i].send_queue_full, 1),
-                            Err(e) => tracing::debug!(peer = %peers[i].name, error = %e, "datagram not sent"),
-                        }
-                    }
-                }
+                // Only a tunnel attached over QUIC gets packets here.
+                Some(Downlink::Packets(packets)) => sink.deliver(packets),
                 Some(Downlink::Control(m)) => tracing::debug!(?m, "control message"),
                 Some(Downlink::Close { reason }) => break Err(SlaveError::MasterError(reason)),
                 None => break Err(SlaveError::MasterGone),
