@@ -1428,6 +1428,13 @@ fn main() {
     if let Ok(only) = std::env::var("THROUGHPUT_CONDS") {
         plan.conds.retain(|c| c.label().contains(&only));
     }
+    // THROUGHPUT_SECS=8 runs each iperf3 for that long: less noise, for A/B runs.
+    if let Some(s) = std::env::var("THROUGHPUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        plan.secs = s;
+    }
     // THROUGHPUT_PEERS=on6,boringtun runs only those peers.
     let only_peers = std::env::var("THROUGHPUT_PEERS").ok();
     let mut rows = Vec::new();

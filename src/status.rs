@@ -232,6 +232,13 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
                 get(p, &["stats", "arq_resent"]),
                 get(p, &["stats", "arq_expired"]),
             );
+            let _ = writeln!(
+                o,
+                "  {:<16} in order: {} TCP packets held behind a hole, {} holes passed over",
+                "",
+                get(p, &["stats", "hold_held"]),
+                get(p, &["stats", "hold_passed_over"]),
+            );
         }
     }
     for (name, d) in &s.dhts {

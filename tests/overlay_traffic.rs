@@ -329,10 +329,10 @@ fn udp_flood_above_capacity_is_dropped_in_bounded_memory_and_other_flows_survive
 }
 
 #[test]
-fn five_percent_wire_loss_is_hidden_from_a_udp_flow() {
+fn five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order() {
     use std::net::{SocketAddr, UdpSocket};
     use std::time::Instant;
-    let test = "five_percent_wire_loss_is_hidden_from_a_udp_flow";
+    let test = "five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order";
     let Some(ov) = common::build(test, common::options(2)) else {
         return;
     };
@@ -403,4 +403,20 @@ fn five_percent_wire_loss_is_hidden_from_a_udp_flow() {
             share * 100.0
         ),
     );
+    let held = |ov: &on6::demo::overlay::Overlay| {
+        ov.status(1)
+            .and_then(|st| st["tunnels"][0][1][0]["stats"]["hold_held"].as_u64())
+            .unwrap_or(0)
+    };
+    common::check(
+        &ov,
+        held(&ov) == 0,
+        "UDP datagrams must never wait in order",
+    );
+    // TCP through the same loss: the data arrives intact, and packets behind
+    // a hole waited for it at the receiving site.
+    transfer(&ov, 0, 1, 5 * MB);
+    let held = held(&ov);
+    eprintln!("5 % wire loss: {held} TCP packets held in order behind a hole");
+    common::check(&ov, held > 0, "no TCP packet was held behind a hole");
 }

@@ -173,10 +173,10 @@ pub struct GatewaySection {
     /// Prefixes the site kernel routes into the overlay.
     #[serde(default)]
     pub routes: Vec<Ipv6Net>,
-    /// TUN MTU; defaults to the overlay MTU.
     /// More prefixes this gateway serves (each must be inside the site certificate).
     #[serde(default)]
     pub extra_prefixes: Vec<Ipv6Net>,
+    /// TUN MTU; defaults to the overlay MTU.
     pub mtu: Option<u16>,
 }
 
@@ -185,8 +185,17 @@ pub struct GatewaySection {
 pub struct TunnelSection {
     pub name: Option<String>,
     pub listen: SocketAddr,
+    /// Hold TCP packets behind a hole until loss hiding fills it (see
+    /// `transport::hold`). Off suits fleets whose inner TCP is mostly BBR on
+    /// long lossy paths: the hold adds up to a round trip of delay there.
+    #[serde(default = "default_in_order")]
+    pub in_order: bool,
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerSection>,
+}
+
+fn default_in_order() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -494,6 +503,7 @@ impl TunnelSection {
                 .clone()
                 .unwrap_or_else(|| default_name.to_string()),
             listen: self.listen,
+            in_order: self.in_order,
             peers: self
                 .peers
                 .iter()

@@ -354,7 +354,7 @@ fn build(
     let arq = counter(
         reg,
         "on6_peer_loss_hiding_total",
-        "Loss hiding per peer: holes in its numbering, recovered, lost (seen by inner flows), resent on its request, and requests for packets no longer kept.",
+        "Loss hiding per peer: holes in its numbering, recovered, lost (seen by inner flows), resent on its request, requests for packets no longer kept; TCP packets held in order behind a hole, and holes passed over when the hold ran out.",
         &["peer", "event"],
     )?;
     let connects = counter(
@@ -404,6 +404,8 @@ fn build(
                 ("lost", &s.arq_lost),
                 ("resent", &s.arq_resent),
                 ("expired", &s.arq_expired),
+                ("held", &s.hold_held),
+                ("passed_over", &s.hold_passed_over),
             ] {
                 arq.with_label_values(&[n, event])
                     .inc_by(c.load(Ordering::Relaxed));

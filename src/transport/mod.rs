@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod arq;
 pub mod cc;
+pub mod hold;
 
 pub const ALPN: &[u8] = b"on6/1";
 /// Bytes a tunnel datagram adds around an IPv6 packet: the 1-RTT QUIC packet

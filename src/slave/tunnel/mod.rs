@@ -14,6 +14,7 @@ use crate::pki::{Credentials, NodeIdentity, Role};
 use crate::transport::arq::{
     self, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, SenderConfig, Verdict,
 };
+use crate::transport::hold::{HoldStats, InOrder};
 use crate::transport::{self, close, TransportOptions};
 use bytes::Bytes;
 use ipnet::Ipv6Net;
@@ -39,6 +40,8 @@ pub struct PeerConfig {
 pub struct TunnelConfig {
     pub name: String,
     pub listen: SocketAddr,
+    /// Hand TCP on in order behind a hole (`transport::hold`).
+    pub in_order: bool,
     pub peers: Vec<PeerConfig>,
     pub transport: TransportOptions,
 }
@@ -62,6 +65,10 @@ pub struct PeerStats {
     pub arq_lost: AtomicU64,
     pub arq_resent: AtomicU64,
     pub arq_expired: AtomicU64,
+    /// In-order hold (`transport::hold`): packets that waited behind a hole,
+    /// and holes passed over because the wait ran out.
+    pub hold_held: AtomicU64,
+    pub hold_passed_over: AtomicU64,
     pub connects: AtomicU64,
 }
 
@@ -304,10 +311,9 @@ pub async fn run(
                         bump(&stats[i].connects, 1);
                         let (up, st, ps) = (port.up.clone(), stats[i].clone(), peers.clone());
                         let (tx, nack_tx) = (events_tx.clone(), nack_tx.clone());
-                        let id = conn.stable_id();
-                        let c = conn.clone();
+                        let (id, c, in_order) = (conn.stable_id(), conn.clone(), cfg.in_order);
                         tasks.spawn(async move {
-                            receive(c, (i, &ps[i]), up, st, nack_tx).await;
+                            receive(c, (i, &ps[i]), up, st, nack_tx, in_order).await;
                             let _ = tx.send(PeerEvent::Down(i, id)).await;
                         });
                         let mut egress = sink.egress();
@@ -350,6 +356,8 @@ pub async fn run(
     result
 }
 
+const TCP: u8 = 6;
+
 /// The least RTT NACK retries are timed by: below it, scheduling jitter
 /// would ask again for packets already on their way.
 const MIN_NACK_RTT: Duration = Duration::from_millis(1);
@@ -363,6 +371,7 @@ async fn receive(
     up: super::Uplink,
     stats: Arc<PeerStats>,
     nacks: mpsc::Sender<(usize, Vec<(u32, u16)>)>,
+    in_order: bool,
 ) {
     let identity = match transport::peer_identity(&conn) {
         Ok(id) => id,
@@ -370,10 +379,15 @@ async fn receive(
     };
     let mut arena = PacketArena::default();
     let mut holes = ArqReceiver::new(ReceiverConfig::default());
-    let mut reported = ReceiverStats::default();
+    let mut in_order = in_order.then(|| InOrder::new(Default::default()));
+    let mut reported = (ReceiverStats::default(), HoldStats::default());
     loop {
         let rtt = conn.rtt().max(MIN_NACK_RTT);
-        let retry = holes.poll_timeout();
+        let hold_due = in_order.as_ref().and_then(InOrder::poll_timeout);
+        let retry = match (holes.poll_timeout(), hold_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let datagrams = tokio::select! {
             got = transport::read_datagrams(&conn, MAX_BATCH) => match got {
                 Ok(d) => d,
@@ -381,14 +395,15 @@ async fn receive(
             },
             () = transport::sleep_until(retry) => Vec::new(),
         };
+        let now = Instant::now();
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
-            let packet = match Frame::parse(&d) {
+            let (seq, packet) = match Frame::parse(&d) {
                 Ok(Frame::Data { seq, packet }) => {
                     if holes.on_data(seq) == Verdict::Duplicate {
                         continue;
                     }
-                    packet
+                    (seq, packet)
                 }
                 Ok(Frame::Nack(ranges)) => {
                     // A full queue loses a request, as the wire may: the peer asks again.
@@ -416,15 +431,37 @@ async fn receive(
             }
             bump(&stats.rx_packets, 1);
             bump(&stats.rx_bytes, packet.len() as u64);
-            batch.push(arena.copy(packet));
+            let packet = arena.copy(packet);
+            match &mut in_order {
+                // Only TCP waits in order: see `transport::hold`.
+                Some(h) => {
+                    let tcp = packet.get(6) == Some(&TCP);
+                    h.push(seq, packet, tcp, now, rtt, &mut batch);
+                }
+                None => batch.push(packet),
+            }
         }
-        for nack in arq::encode_nacks(&holes.poll_nack(Instant::now(), rtt)) {
+        if let Some(h) = &mut in_order {
+            h.poll(now, &mut batch);
+        }
+        for nack in arq::encode_nacks(&holes.poll_nack(now, rtt)) {
             let _ = transport::send_datagram(&conn, nack);
         }
-        let seen = holes.stats();
-        bump(&stats.arq_holes, seen.holes - reported.holes);
-        bump(&stats.arq_recovered, seen.recovered - reported.recovered);
-        bump(&stats.arq_lost, seen.lost - reported.lost);
+        let seen = (
+            holes.stats(),
+            in_order.as_ref().map(InOrder::stats).unwrap_or_default(),
+        );
+        bump(&stats.arq_holes, seen.0.holes - reported.0.holes);
+        bump(
+            &stats.arq_recovered,
+            seen.0.recovered - reported.0.recovered,
+        );
+        bump(&stats.arq_lost, seen.0.lost - reported.0.lost);
+        bump(&stats.hold_held, seen.1.held - reported.1.held);
+        bump(
+            &stats.hold_passed_over,
+            seen.1.passed_over - reported.1.passed_over,
+        );
         reported = seen;
         if !batch.is_empty() && up.packets(batch).is_err() {
             return;
