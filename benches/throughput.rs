@@ -472,6 +472,8 @@ fn topology() -> Result<Overlay, String> {
     let mut o = OverlayOptions::new(2, env!("CARGO_BIN_EXE_on6"));
     // on6 starts after its endpoints may have been pointed at the relay.
     o.start = false;
+    // THROUGHPUT_ON6_IN_ORDER=0 turns the tunnels' in-order hold off (A/B runs).
+    o.tunnel_in_order = std::env::var("THROUGHPUT_ON6_IN_ORDER").map_or(true, |v| v != "0");
     o.log = "warn".into();
     let ov = Overlay::build(&o).map_err(|e| format!("topology: {e}"))?;
     for s in &ov.sites {

@@ -71,6 +71,8 @@ pub struct OverlayOptions {
     pub second_dht: bool,
     /// Start the on6 processes (false: build the topology only).
     pub start: bool,
+    /// Tunnels hold TCP in order behind a hole (the default; off for A/B runs).
+    pub tunnel_in_order: bool,
 }
 
 /// The address space of the second overlay (`second_dht`).
@@ -115,6 +117,7 @@ impl OverlayOptions {
             mobile: None,
             second_dht: false,
             start: true,
+            tunnel_in_order: true,
         }
     }
 }
@@ -396,7 +399,8 @@ impl Overlay {
                             site_prefix(j)
                         ));
                     }
-                    format!("\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\n{peers}")
+                    let in_order = opts.tunnel_in_order;
+                    format!("\n[[slave]]\nkind = \"tunnel\"\nlisten = \"{ul_ip}:{TUNNEL_PORT}\"\nin_order = {in_order}\n{peers}")
                 }
                 Routing::Dht { reference } => {
                     // One bootstrap peer only: the previous site (the first site bootstraps from the second).
