@@ -61,8 +61,9 @@ impl Uplink {
         self.packets(vec![packet])
     }
 
-    /// Sends a batch without waiting: in-process the master routes it
-    /// straight into the egress slaves' queues; an overloaded path drops and counts.
+    /// Sends a batch without waiting: in-process the master routes it in
+    /// this call and hands each egress slave its share; an overloaded path
+    /// drops and counts.
     pub fn packets(&self, batch: Vec<BytesMut>) -> Result<(), SlaveError> {
         match self {
             Uplink::Local { id, master } => {

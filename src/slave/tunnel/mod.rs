@@ -140,7 +140,7 @@ struct Egress {
     conns: Vec<Vec<quinn::Connection>>,
     senders: Vec<ArqSender>,
     stats: Vec<Arc<PeerStats>>,
-    names: Vec<String>,
+    peers: Arc<Vec<PeerConfig>>,
     arena: PacketArena,
     resend: Vec<(u32, Bytes)>,
     shared: Arc<TunnelShared>,
@@ -172,7 +172,7 @@ impl Egress {
                 }
                 Ok(false) => bump(&self.stats[i].send_queue_full, 1),
                 Err(e) => {
-                    tracing::debug!(peer = %self.names[i], error = %e, "datagram not sent")
+                    tracing::debug!(peer = %self.peers[i].name, error = %e, "datagram not sent")
                 }
             }
         }
@@ -273,7 +273,7 @@ pub async fn run(
             .map(|_| ArqSender::new(SenderConfig::default()))
             .collect(),
         stats: stats.clone(),
-        names: peers.iter().map(|p| p.name.clone()).collect(),
+        peers: peers.clone(),
         arena: PacketArena::default(),
         resend: Vec::new(),
         shared: shared.clone(),
