@@ -413,10 +413,19 @@ fn five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order() {
         held(&ov) == 0,
         "UDP datagrams must never wait in order",
     );
-    // TCP through the same loss: the data arrives intact, and packets behind
-    // a hole waited for it at the receiving site.
-    transfer(&ov, 0, 1, 5 * MB);
+    // TCP through the same loss: the data arrives intact, packets behind a
+    // hole waited for it at the receiving site, and holding stayed bounded.
+    transfer(&ov, 0, 1, 50 * MB);
     let held = held(&ov);
     eprintln!("5 % wire loss: {held} TCP packets held in order behind a hole");
     common::check(&ov, held > 0, "no TCP packet was held behind a hole");
+    for pid in ov.pids() {
+        let peak = peak_rss_mib(pid);
+        eprintln!("on6 process {pid}: peak RSS {peak:.1} MiB");
+        common::check(
+            &ov,
+            peak > 0.0 && peak < 64.0,
+            &format!("on6 process {pid} peaked at {peak:.1} MiB through 5 % loss (bound 64 MiB)"),
+        );
+    }
 }

@@ -378,6 +378,10 @@ async fn receive(
         Err(_) => return,
     };
     let mut arena = PacketArena::default();
+    // TCP gets its own blocks: a held packet keeps its whole 64 KB block
+    // alive, and among other traffic each could pin one. Packets held
+    // together then share blocks, and held memory stays about what they are.
+    let mut tcp_arena = PacketArena::default();
     let mut holes = ArqReceiver::new(ReceiverConfig::default());
     let mut in_order = in_order.then(|| InOrder::new(Default::default()));
     let mut reported = (ReceiverStats::default(), HoldStats::default());
@@ -431,14 +435,13 @@ async fn receive(
             }
             bump(&stats.rx_packets, 1);
             bump(&stats.rx_bytes, packet.len() as u64);
-            let packet = arena.copy(packet);
             match &mut in_order {
                 // Only TCP waits in order: see `transport::hold`.
-                Some(h) => {
-                    let tcp = packet.get(6) == Some(&TCP);
-                    h.push(seq, packet, tcp, now, rtt, &mut batch);
+                Some(h) if packet.get(6) == Some(&TCP) => {
+                    h.push(seq, tcp_arena.copy(packet), true, now, rtt, &mut batch);
                 }
-                None => batch.push(packet),
+                Some(h) => h.push(seq, arena.copy(packet), false, now, rtt, &mut batch),
+                None => batch.push(arena.copy(packet)),
             }
         }
         if let Some(h) = &mut in_order {
