@@ -257,6 +257,19 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Every on6 process of the overlay peaked under 64 MiB.
+fn check_peak_rss(ov: &on6::demo::overlay::Overlay, when: &str) {
+    for pid in ov.pids() {
+        let peak = peak_rss_mib(pid);
+        eprintln!("on6 process {pid}: peak RSS {peak:.1} MiB");
+        common::check(
+            ov,
+            peak > 0.0 && peak < 64.0,
+            &format!("on6 process {pid} peaked at {peak:.1} MiB {when} (bound 64 MiB)"),
+        );
+    }
+}
+
 #[test]
 fn udp_flood_above_capacity_is_dropped_in_bounded_memory_and_other_flows_survive() {
     use std::net::{SocketAddr, UdpSocket};
@@ -314,15 +327,7 @@ fn udp_flood_above_capacity_is_dropped_in_bounded_memory_and_other_flows_survive
         received as f64 * 100.0 / sent.max(1) as f64
     );
     common::check(&ov, received > 0, "the flood's datagrams reached site 2");
-    for pid in ov.pids() {
-        let peak = peak_rss_mib(pid);
-        eprintln!("on6 process {pid}: peak RSS {peak:.1} MiB");
-        common::check(
-            &ov,
-            peak > 0.0 && peak < 64.0,
-            &format!("on6 process {pid} peaked at {peak:.1} MiB under the flood (bound 64 MiB)"),
-        );
-    }
+    check_peak_rss(&ov, "under the flood");
     // The overload is over: the overlay carries other flows as before.
     all_pairs_ping(&ov);
     transfer(&ov, 0, 1, 5 * MB);
@@ -419,13 +424,5 @@ fn five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order() {
     let held = held(&ov);
     eprintln!("5 % wire loss: {held} TCP packets held in order behind a hole");
     common::check(&ov, held > 0, "no TCP packet was held behind a hole");
-    for pid in ov.pids() {
-        let peak = peak_rss_mib(pid);
-        eprintln!("on6 process {pid}: peak RSS {peak:.1} MiB");
-        common::check(
-            &ov,
-            peak > 0.0 && peak < 64.0,
-            &format!("on6 process {pid} peaked at {peak:.1} MiB through 5 % loss (bound 64 MiB)"),
-        );
-    }
+    check_peak_rss(&ov, "through 5 % loss");
 }
