@@ -265,6 +265,15 @@ pub enum Verdict {
     Duplicate,
 }
 
+/// The 64-bit number of wire number `seq` nearest `reference`; with no
+/// reference yet, one that leaves room below it for late packets.
+pub fn unwrap_near(reference: Option<u64>, seq: u32) -> u64 {
+    match reference {
+        None => u64::from(seq) + (1 << 32),
+        Some(r) => r.wrapping_add_signed(i64::from(seq.wrapping_sub(r as u32) as i32)),
+    }
+}
+
 /// The receiving half: finds holes and says when to ask for them.
 #[derive(Debug)]
 pub struct ArqReceiver {
@@ -305,13 +314,7 @@ impl ArqReceiver {
 
     /// The 64-bit sequence number nearest the highest seen.
     fn unwrap(&self, seq: u32) -> u64 {
-        match self.highest {
-            None => u64::from(seq) + (1 << 32),
-            Some(h) => {
-                let delta = i64::from(seq.wrapping_sub(h as u32) as i32);
-                h.wrapping_add_signed(delta)
-            }
-        }
+        unwrap_near(self.highest, seq)
     }
 
     pub fn on_data(&mut self, seq: u32) -> Verdict {

@@ -16,6 +16,7 @@
 //! 200 Mbit/s UDP flow lost on a lossy 20 ms path with everything held).
 //! Such a packet still counts for the order of the held ones.
 
+use super::arq::unwrap_near;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -93,13 +94,12 @@ impl<T> InOrder<T> {
         rtt: Duration,
         out: &mut Vec<T>,
     ) {
+        let s = unwrap_near(self.next, seq);
         let Some(next) = self.next else {
-            self.next = Some(u64::from(seq) + (1 << 32) + 1);
+            self.next = Some(s + 1);
             out.push(packet);
             return;
         };
-        let delta = i64::from(seq.wrapping_sub(next as u32) as i32);
-        let s = next.wrapping_add_signed(delta);
         if s < next {
             // Its hole was passed over already: late beats never.
             out.push(packet);

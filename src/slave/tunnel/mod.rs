@@ -388,10 +388,7 @@ async fn receive(
     loop {
         let rtt = conn.rtt().max(MIN_NACK_RTT);
         let hold_due = in_order.as_ref().and_then(InOrder::poll_timeout);
-        let retry = match (holes.poll_timeout(), hold_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let retry = holes.poll_timeout().into_iter().chain(hold_due).min();
         let datagrams = tokio::select! {
             got = transport::read_datagrams(&conn, MAX_BATCH) => match got {
                 Ok(d) => d,
