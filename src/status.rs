@@ -7,6 +7,7 @@ use crate::master::remote::RemoteStats;
 use crate::pki::NodeIdentity;
 use crate::slave::dht::{DhtShared, DhtStatus};
 use crate::slave::gateway::GatewayStats;
+use crate::slave::link::LossCounters;
 use crate::slave::tunnel::{PeerStatus, TunnelShared};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -36,11 +37,11 @@ struct SiteStatusOut<'a> {
     remote: &'a RemoteStats,
     gateways: Vec<(&'a str, &'a GatewayStats)>,
     tunnels: Vec<(&'a str, Vec<PeerStatus>)>,
-    dhts: Vec<(&'a str, DhtView)>,
+    dhts: Vec<(&'a str, DhtView<'a>)>,
 }
 
 #[derive(Serialize)]
-struct DhtView {
+struct DhtView<'a> {
     status: DhtStatus,
     tx_packets: u64,
     rx_packets: u64,
@@ -50,10 +51,12 @@ struct DhtView {
     not_mine_sent: u64,
     not_mine_received: u64,
     unreachable: u64,
+    #[serde(flatten)]
+    loss: &'a LossCounters,
 }
 
-impl DhtView {
-    fn of(d: &DhtShared) -> Self {
+impl<'a> DhtView<'a> {
+    fn of(d: &'a DhtShared) -> Self {
         let l = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         DhtView {
             status: d.status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -65,6 +68,7 @@ impl DhtView {
             not_mine_sent: l(&d.not_mine_sent),
             not_mine_received: l(&d.not_mine_received),
             unreachable: l(&d.unreachable),
+            loss: &d.loss,
         }
     }
 }
@@ -254,6 +258,11 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
             "  lookups: {} found, {} not found ({} with a get timed out), {} cached hits, {} cached misses, {} gets, {} queue drops; tunnel tx {} rx {} pkts, not-mine sent {} received {}",
             r["hits"], r["misses"], r["inconclusive_misses"], r["cached_hits"], r["cached_misses"], r["gets_issued"], r["queue_drops"],
             d["tx_packets"], d["rx_packets"], d["not_mine_sent"], d["not_mine_received"]
+        );
+        let _ = writeln!(
+            o,
+            "  loss hiding: {} holes, {} recovered, {} lost; {} resent, {} asked too late; {} TCP packets held in order, {} holes passed over",
+            d["arq_holes"], d["arq_recovered"], d["arq_lost"], d["arq_resent"], d["arq_expired"], d["hold_held"], d["hold_passed_over"]
         );
     }
     let _ = writeln!(o, "\ncounters:");

@@ -395,3 +395,42 @@ fn two_dht_overlays_side_by_side_own_their_spaces() {
         );
     }
 }
+
+#[test]
+fn wire_loss_is_hidden_on_dht_paths_too() {
+    let Some(ov) = common::build("dht_wire_loss", dht(2)) else {
+        return;
+    };
+    // Resolve and connect first: the loss is about the data path.
+    common::check(&ov, ping_ok(&ov, 0, 1), "site-1 -> site-2 over the DHT");
+    common::wire_loss(&ov, 5);
+    let total = 10_000;
+    let received = common::udp_delivered(&ov, 0, 1, total);
+    let share = received as f64 / f64::from(total);
+    eprintln!(
+        "DHT path, 5 % wire loss: {received} of {total} datagrams delivered ({:.2} %)",
+        share * 100.0
+    );
+    // Without loss hiding about 95 % arrive; one resend round leaves ~0.25 %.
+    common::check(
+        &ov,
+        share >= 0.985,
+        &format!(
+            "only {:.2} % of the datagrams arrived over the DHT path through 5 % wire loss",
+            share * 100.0
+        ),
+    );
+    let r = measure_pair(&ov, 0, 1, 0, 10_000_000);
+    common::check(
+        &ov,
+        matches!(r.tcp, Ok((_, true, true))),
+        &format!("TCP through 5 % loss over the DHT path: {:?}", r.tcp.err()),
+    );
+    let st = ov.status(1).unwrap();
+    let d = &st["dhts"][0][1];
+    assert!(d["arq_recovered"].as_u64() > Some(100), "{d}");
+    assert!(
+        d["hold_held"].as_u64() > Some(0),
+        "no TCP packet waited in order: {d}"
+    );
+}

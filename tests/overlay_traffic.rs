@@ -335,65 +335,13 @@ fn udp_flood_above_capacity_is_dropped_in_bounded_memory_and_other_flows_survive
 
 #[test]
 fn five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order() {
-    use std::net::{SocketAddr, UdpSocket};
-    use std::time::Instant;
     let test = "five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order";
     let Some(ov) = common::build(test, common::options(2)) else {
         return;
     };
-    // 5 % of the wire packets into each site are dropped, one by one (no
-    // offload batches on the underlay).
-    for (i, s) in ov.sites.iter().enumerate() {
-        let rules = "table netdev on6loss {\n  chain ingress {\n    type filter hook ingress device \"ul0\" priority 0; policy accept;\n    numgen random mod 100 < 5 drop\n  }\n}\n";
-        let path = ov.dir.join(format!("loss-{i}.nft"));
-        std::fs::write(&path, rules).expect("writing nft rules");
-        let applied = s
-            .site_ns
-            .exec(&[
-                "ethtool", "-K", "ul0", "tso", "off", "gso", "off", "gro", "off",
-            ])
-            .and_then(|_| s.site_ns.exec(&["nft", "-f", &path.to_string_lossy()]));
-        common::check(&ov, applied.is_ok(), &format!("loss rules: {applied:?}"));
-    }
-    let dst = SocketAddr::new(ov.sites[1].host_addr.into(), 9998);
-    let rx_ns = ov.sites[1].host_ns.name().to_string();
-    let receiver = std::thread::spawn(move || {
-        netns::in_netns(&rx_ns, move || {
-            let sock = UdpSocket::bind(dst).expect("bind receiver");
-            sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            let mut seen = std::collections::HashSet::new();
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = sock.recv(&mut buf) {
-                if n >= 4 {
-                    seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-                }
-            }
-            seen.len() as u64
-        })
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    // 10,000 numbered datagrams at about 40 Mbit/s: far below capacity, so
-    // every one that goes missing was lost on the wire and not recovered.
-    let total = 10_000u32;
-    let tx_ns = ov.sites[0].host_ns.name().to_string();
-    netns::in_netns(&tx_ns, move || {
-        let sock = UdpSocket::bind("[::]:0").expect("bind sender");
-        let start = Instant::now();
-        let mut payload = [0x5au8; 1000];
-        for i in 0..total {
-            payload[..4].copy_from_slice(&i.to_be_bytes());
-            let _ = sock.send_to(&payload, dst);
-            let due = start + Duration::from_micros(200) * (i + 1);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-    })
-    .expect("sender namespace");
-    let received = receiver
-        .join()
-        .expect("receiver thread")
-        .expect("receiver namespace");
+    common::wire_loss(&ov, 5);
+    let total = 10_000;
+    let received = common::udp_delivered(&ov, 0, 1, total);
     let share = received as f64 / f64::from(total);
     eprintln!(
         "5 % wire loss: {received} of {total} datagrams delivered ({:.2} %)",

@@ -158,6 +158,9 @@ pub struct DhtSection {
     pub record_ttl_s: u64,
     #[serde(default = "default_republish_s")]
     pub republish_s: u64,
+    /// As for a tunnel: hold TCP behind a hole until loss hiding fills it.
+    #[serde(default = "default_in_order")]
+    pub in_order: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -563,6 +566,7 @@ impl DhtSection {
             record_ttl: Duration::from_secs(self.record_ttl_s),
             republish: Duration::from_secs(self.republish_s),
             idle_close: Duration::from_secs(120),
+            in_order: self.in_order,
             transport,
         }
     }

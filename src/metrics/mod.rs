@@ -176,6 +176,12 @@ fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
         "Datagrams to or from other sites dropped, by reason.",
         &["dht", "reason"],
     )?;
+    let loss = counter(
+        reg,
+        "on6_dht_loss_hiding_total",
+        "Loss hiding over connections to other sites' DHT slaves, by event (as on6_peer_loss_hiding_total).",
+        &["dht", "event"],
+    )?;
     let conns = gauge(
         reg,
         "on6_dht_connections",
@@ -253,6 +259,9 @@ fn dht_metrics(reg: &Registry, view: &SiteView) -> prometheus::Result<()> {
         dropped
             .with_label_values(&[n, "send_queue_full"])
             .inc_by(l(&d.send_queue_full));
+        for (event, c) in d.loss.events() {
+            loss.with_label_values(&[n, event]).inc_by(l(c));
+        }
         conns.with_label_values(&[n]).set(st.connections as i64);
     }
     Ok(())
@@ -398,15 +407,7 @@ fn build(
             pdrop
                 .with_label_values(&[n, "send_queue_full"])
                 .inc_by(s.send_queue_full.load(Ordering::Relaxed));
-            for (event, c) in [
-                ("hole", &s.arq_holes),
-                ("recovered", &s.arq_recovered),
-                ("lost", &s.arq_lost),
-                ("resent", &s.arq_resent),
-                ("expired", &s.arq_expired),
-                ("held", &s.hold_held),
-                ("passed_over", &s.hold_passed_over),
-            ] {
+            for (event, c) in s.loss.events() {
                 arq.with_label_values(&[n, event])
                     .inc_by(c.load(Ordering::Relaxed));
             }

@@ -18,6 +18,7 @@ pub const MIN_MTU: u16 = IPV6_MIN_MTU as u16;
 
 /// Copies packets into shared blocks: one allocation per 64 KB of packets
 /// rather than one per packet. A block is freed when its last packet is.
+#[derive(Debug)]
 pub struct PacketArena {
     block: bytes::BytesMut,
 }

@@ -5,6 +5,7 @@
 
 pub mod dht;
 pub mod gateway;
+pub mod link;
 pub mod tunnel;
 
 use crate::control::ControlMessage;

@@ -94,27 +94,48 @@ impl<T> InOrder<T> {
         rtt: Duration,
         out: &mut Vec<T>,
     ) {
+        self.place(seq, Some(packet), holdable, now, rtt, out);
+    }
+
+    /// A numbered datagram with nothing to hand on (it was dropped as
+    /// invalid): it still fills its place, so nothing waits for it.
+    pub fn skip(&mut self, seq: u32, now: Instant, rtt: Duration, out: &mut Vec<T>) {
+        self.place(seq, None, false, now, rtt, out);
+    }
+
+    fn place(
+        &mut self,
+        seq: u32,
+        packet: Option<T>,
+        holdable: bool,
+        now: Instant,
+        rtt: Duration,
+        out: &mut Vec<T>,
+    ) {
         let s = unwrap_near(self.next, seq);
         let Some(next) = self.next else {
             self.next = Some(s + 1);
-            out.push(packet);
+            out.extend(packet);
             return;
         };
         if s < next {
             // Its hole was passed over already: late beats never.
-            out.push(packet);
+            out.extend(packet);
         } else if s == next {
-            out.push(packet);
+            out.extend(packet);
             self.next = Some(s + 1);
             self.release_ready(out);
         } else {
             let deadline = now + rtt.mul_f64(self.cfg.rtts) + self.cfg.extra;
-            let packet = if holdable {
-                self.stats.held += 1;
-                Some(packet)
-            } else {
-                out.push(packet);
-                None
+            let packet = match packet {
+                Some(p) if holdable => {
+                    self.stats.held += 1;
+                    Some(p)
+                }
+                other => {
+                    out.extend(other);
+                    None
+                }
             };
             self.held.insert(s, (deadline, packet));
             if self.held.len() > self.cfg.max_packets {
@@ -199,6 +220,26 @@ mod tests {
             "3 is not handed on twice"
         );
         assert_eq!(h.held(), 0);
+    }
+
+    #[test]
+    fn a_skipped_number_fills_its_place_without_handing_anything_on() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        assert_eq!(push_all(&mut h, &[0, 2, 3], t0), [0]);
+        let mut out = Vec::new();
+        h.skip(1, t0, RTT, &mut out);
+        assert_eq!(
+            out,
+            [2, 3],
+            "1 was dropped as invalid: 2 and 3 need not wait"
+        );
+        out.clear();
+        h.skip(5, t0, RTT, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(push_all(&mut h, &[4], t0), [4]);
+        assert_eq!(push_all(&mut h, &[6], t0), [6], "5 holds nothing back");
+        assert_eq!(h.stats().passed_over, 0);
     }
 
     #[test]

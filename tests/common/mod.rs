@@ -84,3 +84,65 @@ pub fn promtool_check_metrics(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Drops `pct` % of the wire packets into every site, one by one: nft on
+/// the underlay's ingress, with the offloads off so no batch goes as one.
+pub fn wire_loss(ov: &Overlay, pct: u32) {
+    for (i, s) in ov.sites.iter().enumerate() {
+        let rules = format!(
+            "table netdev on6loss {{\n  chain ingress {{\n    type filter hook ingress device \"ul0\" priority 0; policy accept;\n    numgen random mod 100 < {pct} drop\n  }}\n}}\n"
+        );
+        let path = ov.dir.join(format!("loss-{i}.nft"));
+        std::fs::write(&path, rules).expect("writing nft rules");
+        let applied = s
+            .site_ns
+            .exec(&[
+                "ethtool", "-K", "ul0", "tso", "off", "gso", "off", "gro", "off",
+            ])
+            .and_then(|_| s.site_ns.exec(&["nft", "-f", &path.to_string_lossy()]));
+        check(ov, applied.is_ok(), &format!("loss rules: {applied:?}"));
+    }
+}
+
+/// Sends `total` numbered 1000-byte UDP datagrams from site `a`'s host to
+/// site `b`'s at about 40 Mbit/s (far below capacity) and returns how many
+/// arrived.
+pub fn udp_delivered(ov: &Overlay, a: usize, b: usize, total: u32) -> u64 {
+    use std::net::{SocketAddr, UdpSocket};
+    let dst = SocketAddr::new(ov.sites[b].host_addr.into(), 9998);
+    let rx_ns = ov.sites[b].host_ns.name().to_string();
+    let receiver = std::thread::spawn(move || {
+        netns::in_netns(&rx_ns, move || {
+            let sock = UdpSocket::bind(dst).expect("bind receiver");
+            sock.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n >= 4 {
+                    seen.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+                }
+            }
+            seen.len() as u64
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let tx_ns = ov.sites[a].host_ns.name().to_string();
+    netns::in_netns(&tx_ns, move || {
+        let sock = UdpSocket::bind("[::]:0").expect("bind sender");
+        let start = Instant::now();
+        let mut payload = [0x5au8; 1000];
+        for i in 0..total {
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            let _ = sock.send_to(&payload, dst);
+            let due = start + Duration::from_micros(200) * (i + 1);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    })
+    .expect("sender namespace");
+    receiver
+        .join()
+        .expect("receiver thread")
+        .expect("receiver namespace")
+}

@@ -4,8 +4,9 @@
 //! the owners of other destinations ([`resolve`]: the paper's bit-clearing
 //! walk, or a few parallel gets over the fleet's aggregation lengths) and
 //! tunnels packets straight to the owning site's DHT slave in QUIC
-//! datagrams. A site that no longer serves a destination answers "not mine";
-//! the sender forgets its cache entry and resolves again at once.
+//! datagrams, with the tunnel's loss hiding ([`super::link`]). A site that
+//! no longer serves a destination answers "not mine"; the sender forgets its
+//! cache entry and resolves again at once.
 
 pub mod keys;
 pub mod p2p;
@@ -13,11 +14,13 @@ pub mod record;
 pub mod resolve;
 pub mod schedule;
 
+use super::link::{LinkReceiver, LinkSender, LossCounters};
 use super::{MasterPort, SlaveError, Uplink};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::{Downlink, MAX_BATCH};
 use crate::packet::{self, IcmpError, Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, Role};
+use crate::transport::arq::Frame;
 use crate::transport::{self, close, TransportOptions};
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
@@ -33,9 +36,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// First byte of a signalling datagram between DHT slaves ("not mine": 16-byte destination follows).
-/// IPv6 packets start with 0x6_, so the two never collide.
-const SIGNAL_NOT_MINE: u8 = 0x01;
+/// First byte of a signalling datagram between DHT slaves ("not mine":
+/// 16-byte destination follows). Every other datagram is loss hiding's
+/// (`transport::arq`), whose kinds are 0 and 1.
+const SIGNAL_NOT_MINE: u8 = 0x80;
 const DIAL_QUEUE: usize = 64;
 
 #[derive(Debug, Clone)]
@@ -57,6 +61,8 @@ pub struct DhtConfig {
     pub record_ttl: Duration,
     pub republish: Duration,
     pub idle_close: Duration,
+    /// Hand TCP on in order behind a hole (`transport::hold`).
+    pub in_order: bool,
     pub transport: TransportOptions,
 }
 
@@ -114,6 +120,8 @@ pub struct DhtShared {
     pub not_mine_received: AtomicU64,
     pub unreachable: AtomicU64,
     pub refused_peers: AtomicU64,
+    /// Loss hiding over every connection to other sites.
+    pub loss: LossCounters,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -125,12 +133,15 @@ enum ConnEvent {
     DialFailed(SocketAddr),
     Closed(SocketAddr, usize),
     NotMine(Ipv6Addr),
+    /// The peer at this address, over the connection with this id, asks again for these.
+    Nack(SocketAddr, usize, Vec<(u32, u16)>),
 }
 
 enum Conn {
     Dialing(VecDeque<Bytes>),
     Up {
         conn: quinn::Connection,
+        link: LinkSender,
         last_used: Instant,
     },
 }
@@ -145,6 +156,7 @@ struct Ctx {
     served: Served,
     shared: Arc<DhtShared>,
     events: mpsc::Sender<ConnEvent>,
+    in_order: bool,
 }
 
 pub async fn run(
@@ -232,6 +244,7 @@ pub async fn run(
         served: served.clone(),
         shared: shared.clone(),
         events: ev_tx.clone(),
+        in_order: cfg.in_order,
     };
     tasks.spawn(accept(endpoint.clone(), ctx.clone()));
 
@@ -241,6 +254,7 @@ pub async fn run(
     let mut schedule = PublishSchedule::new(cfg.republish, Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut scratch = Vec::new();
+    let mut arena = PacketArena::default();
 
     tokio::pin!(shutdown);
     let result = loop {
@@ -252,7 +266,7 @@ pub async fn run(
                     for p in packets {
                         let Ok(dst) = Ipv6Packet::new_checked(&p[..]).map(|v| v.dst()) else { continue };
                         match resolver.resolve(dst, p, now) {
-                            Resolution::Hit(entry, p) => send(&mut conns, &endpoint, &entry, p, &ctx),
+                            Resolution::Hit(entry, p) => send(&mut conns, &endpoint, &entry, p, &ctx, &mut arena),
                             Resolution::Miss(p) => unreachable(&port.up, router, &p, &mut scratch, &shared),
                             Resolution::Queued | Resolution::Dropped(_) => {}
                         }
@@ -278,15 +292,19 @@ pub async fn run(
             },
             Some(ev) = events.recv() => match ev {
                 ConnEvent::Up(addr, conn) => {
-                    let queued = match conns.insert(addr, Conn::Up { conn: conn.clone(), last_used: now }) {
-                        Some(Conn::Dialing(q)) => q,
-                        _ => VecDeque::new(),
-                    };
-                    for p in queued {
-                        let len = p.len() as u64;
-                        if conn.send_datagram(p).is_ok() {
-                            bump(&shared.tx_packets, 1);
-                            bump(&shared.tx_bytes, len);
+                    let up = Conn::Up { conn, link: LinkSender::default(), last_used: now };
+                    if let Some(Conn::Dialing(queued)) = conns.insert(addr, up) {
+                        if let Some(Conn::Up { conn, link, .. }) = conns.get_mut(&addr) {
+                            for p in queued {
+                                send_on(conn, link, &p, &shared, &mut arena, now);
+                            }
+                        }
+                    }
+                }
+                ConnEvent::Nack(addr, id, ranges) => {
+                    if let Some(Conn::Up { conn, link, .. }) = conns.get_mut(&addr) {
+                        if conn.stable_id() == id {
+                            link.on_nack(conn, &ranges, now, &shared.loss);
                         }
                     }
                 }
@@ -343,7 +361,7 @@ pub async fn run(
                     schedule.published(now);
                 }
                 conns.retain(|_, c| match c {
-                    Conn::Up { conn, last_used } if now.duration_since(*last_used) > cfg.idle_close => {
+                    Conn::Up { conn, last_used, .. } if now.duration_since(*last_used) > cfg.idle_close => {
                         conn.close(close::SHUTDOWN.into(), b"idle");
                         false
                     }
@@ -370,7 +388,7 @@ pub async fn run(
                 } => {
                     observe(&shared, gets, latency);
                     for p in packets {
-                        send(&mut conns, &endpoint, &entry, p, &ctx);
+                        send(&mut conns, &endpoint, &entry, p, &ctx, &mut arena);
                     }
                 }
                 Resolved::NotFound {
@@ -464,20 +482,16 @@ fn send(
     entry: &Entry,
     p: Bytes,
     ctx: &Ctx,
+    arena: &mut PacketArena,
 ) {
-    let shared = &ctx.shared;
     match conns.get_mut(&entry.endpoint) {
-        Some(Conn::Up { conn, last_used }) => {
+        Some(Conn::Up {
+            conn,
+            link,
+            last_used,
+        }) => {
             *last_used = Instant::now();
-            let len = p.len() as u64;
-            match transport::send_datagram(conn, p) {
-                Ok(true) => {
-                    bump(&shared.tx_packets, 1);
-                    bump(&shared.tx_bytes, len);
-                }
-                Ok(false) => bump(&shared.send_queue_full, 1),
-                Err(e) => tracing::debug!(to = %entry.endpoint, error = %e, "datagram not sent"),
-            }
+            send_on(conn, link, &p, &ctx.shared, arena, *last_used);
         }
         Some(Conn::Dialing(q)) => {
             if q.len() < DIAL_QUEUE {
@@ -488,6 +502,27 @@ fn send(
             conns.insert(entry.endpoint, Conn::Dialing(VecDeque::from([p])));
             let (endpoint, entry, ctx) = (endpoint.clone(), entry.clone(), ctx.clone());
             tokio::spawn(async move { dial(endpoint, entry, ctx).await });
+        }
+    }
+}
+
+/// One packet to a connected site, numbered for loss hiding.
+fn send_on(
+    conn: &quinn::Connection,
+    link: &mut LinkSender,
+    p: &[u8],
+    shared: &DhtShared,
+    arena: &mut PacketArena,
+    now: Instant,
+) {
+    match link.send(conn, arena, p, now) {
+        Ok(true) => {
+            bump(&shared.tx_packets, 1);
+            bump(&shared.tx_bytes, p.len() as u64);
+        }
+        Ok(false) => bump(&shared.send_queue_full, 1),
+        Err(e) => {
+            tracing::debug!(to = %conn.remote_address(), error = %e, "datagram not sent")
         }
     }
 }
@@ -556,54 +591,69 @@ async fn accept(endpoint: quinn::Endpoint, ctx: Ctx) {
 
 /// Datagrams from another site: IPv6 from inside its certificate for a
 /// destination we serve goes up; one for a destination we don't serve gets
-/// "not mine"; anything else is dropped and counted.
+/// "not mine"; anything else is dropped and counted. Holes in the numbering
+/// are asked for again; NACKs for what we sent go to the sender in `run`.
 async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ctx) {
     let (up, served, shared) = (&ctx.up, &ctx.served, &ctx.shared);
-    let mut arena = PacketArena::default();
-    while let Ok(datagrams) = transport::read_datagrams(&conn, MAX_BATCH).await {
+    let mut link = LinkReceiver::new(ctx.in_order);
+    while let Some(datagrams) = link.next_batch(&conn, MAX_BATCH).await {
+        let (now, rtt) = (Instant::now(), LinkReceiver::rtt(&conn));
         let served = served.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
-            match d.first() {
-                Some(&SIGNAL_NOT_MINE) => {
-                    if let Some(dst) = d.get(1..17).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
-                        let _ = ctx
-                            .events
-                            .send(ConnEvent::NotMine(Ipv6Addr::from(dst)))
-                            .await;
-                    }
-                    continue;
+            if d.first() == Some(&SIGNAL_NOT_MINE) {
+                if let Some(dst) = d.get(1..17).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                    let _ = ctx.events.try_send(ConnEvent::NotMine(Ipv6Addr::from(dst)));
                 }
-                Some(b) if b >> 4 == 6 => {}
-                _ => {
-                    bump(&shared.malformed, 1);
-                    continue;
-                }
+                continue;
             }
-            let (src, dst) = match Ipv6Packet::new_checked(&d[..]) {
-                Ok(p) => (p.src(), p.dst()),
-                Err(_) => {
+            let (seq, packet) = match Frame::parse(&d) {
+                Ok(Frame::Data { seq, packet }) => {
+                    if !link.fresh(seq) {
+                        continue;
+                    }
+                    (seq, packet)
+                }
+                Ok(Frame::Nack(ranges)) => {
+                    // A full queue loses a request, as the wire may: the peer asks again.
+                    let nack = ConnEvent::Nack(conn.remote_address(), conn.stable_id(), ranges);
+                    let _ = ctx.events.try_send(nack);
+                    continue;
+                }
+                Err(e) => {
                     bump(&shared.malformed, 1);
+                    tracing::debug!(from = %id.name, error = %e, "malformed datagram");
+                    continue;
+                }
+            };
+            let (src, dst) = match Ipv6Packet::new_checked(packet) {
+                Ok(p) => (p.src(), p.dst()),
+                Err(e) => {
+                    bump(&shared.malformed, 1);
+                    tracing::debug!(from = %id.name, error = %e, "malformed datagram");
+                    link.skip(seq, now, rtt, &mut batch);
                     continue;
                 }
             };
             if !id.covers_addr(&src) {
                 bump(&shared.spoofed, 1);
+                link.skip(seq, now, rtt, &mut batch);
                 continue;
             }
-            let mine = served.iter().any(|p| p.contains(&dst));
-            if !mine {
+            if !served.iter().any(|p| p.contains(&dst)) {
                 bump(&shared.not_mine_sent, 1);
                 let mut signal = vec![SIGNAL_NOT_MINE];
                 signal.extend_from_slice(&dst.octets());
-                let _ = conn.send_datagram(Bytes::from(signal));
+                let _ = transport::send_datagram(&conn, Bytes::from(signal));
+                link.skip(seq, now, rtt, &mut batch);
                 continue;
             }
             bump(&shared.rx_packets, 1);
-            bump(&shared.rx_bytes, d.len() as u64);
-            batch.push(arena.copy(&d));
+            bump(&shared.rx_bytes, packet.len() as u64);
+            link.push(seq, packet, now, rtt, &mut batch);
         }
-        if up.packets(batch).is_err() {
+        link.flush(&conn, now, rtt, &mut batch, &shared.loss);
+        if !batch.is_empty() && up.packets(batch).is_err() {
             return;
         }
     }

@@ -5,16 +5,14 @@
 //! connection to it is up, so the master answers Destination Unreachable for
 //! a site that is down.
 
+use super::link::{LinkReceiver, LinkSender, LossCounters};
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::{Downlink, PacketSink, MAX_BATCH};
 use crate::master::RoutingTable;
 use crate::packet::{Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, NodeIdentity, Role};
-use crate::transport::arq::{
-    self, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, SenderConfig, Verdict,
-};
-use crate::transport::hold::{HoldStats, InOrder};
+use crate::transport::arq::Frame;
 use crate::transport::{self, close, TransportOptions};
 use bytes::Bytes;
 use ipnet::Ipv6Net;
@@ -56,19 +54,8 @@ pub struct PeerStats {
     pub malformed: AtomicU64,
     /// Datagrams to the peer dropped because the connection's send buffer was full.
     pub send_queue_full: AtomicU64,
-    /// Loss hiding (`transport::arq`): holes in what the peer sent, holes
-    /// filled by a late or resent packet, holes given up (the inner flows
-    /// see these as losses), packets resent on the peer's request, and
-    /// requests for packets no longer kept.
-    pub arq_holes: AtomicU64,
-    pub arq_recovered: AtomicU64,
-    pub arq_lost: AtomicU64,
-    pub arq_resent: AtomicU64,
-    pub arq_expired: AtomicU64,
-    /// In-order hold (`transport::hold`): packets that waited behind a hole,
-    /// and holes passed over because the wait ran out.
-    pub hold_held: AtomicU64,
-    pub hold_passed_over: AtomicU64,
+    #[serde(flatten)]
+    pub loss: LossCounters,
     pub connects: AtomicU64,
 }
 
@@ -138,11 +125,10 @@ fn bump(c: &AtomicU64, n: u64) {
 struct Egress {
     routes: RoutingTable<usize>,
     conns: Vec<Vec<quinn::Connection>>,
-    senders: Vec<ArqSender>,
+    senders: Vec<LinkSender>,
     stats: Vec<Arc<PeerStats>>,
     peers: Arc<Vec<PeerConfig>>,
     arena: PacketArena,
-    resend: Vec<(u32, Bytes)>,
     shared: Arc<TunnelShared>,
 }
 
@@ -160,13 +146,8 @@ impl Egress {
                 continue;
             };
             let len = p.len() as u64;
-            // The number is taken only if the datagram leaves: a local drop
-            // must not become a hole the peer asks for.
-            let header = arq::data_header(self.senders[i].seq());
-            let d = self.arena.copy_parts(&[&header, &p]).freeze();
-            match transport::send_datagram_leaving(conn, d.clone(), transport::RESEND_RESERVE) {
+            match self.senders[i].send(conn, &mut self.arena, &p, now) {
                 Ok(true) => {
-                    self.senders[i].sent(d, now);
                     bump(&self.stats[i].tx_packets, 1);
                     bump(&self.stats[i].tx_bytes, len);
                 }
@@ -183,16 +164,7 @@ impl Egress {
         let Some(conn) = self.conns[i].first() else {
             return;
         };
-        self.senders[i].on_nack(ranges, now, &mut self.resend);
-        for (_, d) in self.resend.drain(..) {
-            if matches!(transport::send_datagram(conn, d), Ok(true)) {
-                bump(&self.stats[i].arq_resent, 1);
-            }
-        }
-        let s = self.senders[i].stats();
-        self.stats[i]
-            .arq_expired
-            .store(s.expired, Ordering::Relaxed);
+        self.senders[i].on_nack(conn, ranges, now, &self.stats[i].loss);
     }
 }
 
@@ -268,14 +240,10 @@ pub async fn run(
     let sink = Arc::new(TunnelSink(Mutex::new(Egress {
         routes,
         conns: vec![Vec::new(); peers.len()],
-        senders: peers
-            .iter()
-            .map(|_| ArqSender::new(SenderConfig::default()))
-            .collect(),
+        senders: peers.iter().map(|_| LinkSender::default()).collect(),
         stats: stats.clone(),
         peers: peers.clone(),
         arena: PacketArena::default(),
-        resend: Vec::new(),
         shared: shared.clone(),
     })));
     port.deliver_directly(sink.clone());
@@ -356,12 +324,6 @@ pub async fn run(
     result
 }
 
-const TCP: u8 = 6;
-
-/// The least RTT NACK retries are timed by: below it, scheduling jitter
-/// would ask again for packets already on their way.
-const MIN_NACK_RTT: Duration = Duration::from_millis(1);
-
 /// Datagrams from peer `i`: well-formed IPv6 from inside the peer's
 /// certificate, or dropped and counted. Holes in the numbering are asked for
 /// again; NACKs for what we sent go to the sender in `run`.
@@ -377,31 +339,14 @@ async fn receive(
         Ok(id) => id,
         Err(_) => return,
     };
-    let mut arena = PacketArena::default();
-    // TCP gets its own blocks: a held packet keeps its whole 64 KB block
-    // alive, and among other traffic each could pin one. Packets held
-    // together then share blocks, and held memory stays about what they are.
-    let mut tcp_arena = PacketArena::default();
-    let mut holes = ArqReceiver::new(ReceiverConfig::default());
-    let mut in_order = in_order.then(|| InOrder::new(Default::default()));
-    let mut reported = (ReceiverStats::default(), HoldStats::default());
-    loop {
-        let rtt = conn.rtt().max(MIN_NACK_RTT);
-        let hold_due = in_order.as_ref().and_then(InOrder::poll_timeout);
-        let retry = holes.poll_timeout().into_iter().chain(hold_due).min();
-        let datagrams = tokio::select! {
-            got = transport::read_datagrams(&conn, MAX_BATCH) => match got {
-                Ok(d) => d,
-                Err(_) => return,
-            },
-            () = transport::sleep_until(retry) => Vec::new(),
-        };
-        let now = Instant::now();
+    let mut link = LinkReceiver::new(in_order);
+    while let Some(datagrams) = link.next_batch(&conn, MAX_BATCH).await {
+        let (now, rtt) = (Instant::now(), LinkReceiver::rtt(&conn));
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
             let (seq, packet) = match Frame::parse(&d) {
                 Ok(Frame::Data { seq, packet }) => {
-                    if holes.on_data(seq) == Verdict::Duplicate {
+                    if !link.fresh(seq) {
                         continue;
                     }
                     (seq, packet)
@@ -422,47 +367,21 @@ async fn receive(
                 Err(e) => {
                     bump(&stats.malformed, 1);
                     tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
+                    link.skip(seq, now, rtt, &mut batch);
                     continue;
                 }
             };
             if !identity.covers_addr(&src) {
                 bump(&stats.spoofed, 1);
                 tracing::debug!(peer = %peer.name, %src, "source outside the peer's certificate");
+                link.skip(seq, now, rtt, &mut batch);
                 continue;
             }
             bump(&stats.rx_packets, 1);
             bump(&stats.rx_bytes, packet.len() as u64);
-            match &mut in_order {
-                // Only TCP waits in order: see `transport::hold`.
-                Some(h) if packet.get(6) == Some(&TCP) => {
-                    h.push(seq, tcp_arena.copy(packet), true, now, rtt, &mut batch);
-                }
-                Some(h) => h.push(seq, arena.copy(packet), false, now, rtt, &mut batch),
-                None => batch.push(arena.copy(packet)),
-            }
+            link.push(seq, packet, now, rtt, &mut batch);
         }
-        if let Some(h) = &mut in_order {
-            h.poll(now, &mut batch);
-        }
-        for nack in arq::encode_nacks(&holes.poll_nack(now, rtt)) {
-            let _ = transport::send_datagram(&conn, nack);
-        }
-        let seen = (
-            holes.stats(),
-            in_order.as_ref().map(InOrder::stats).unwrap_or_default(),
-        );
-        bump(&stats.arq_holes, seen.0.holes - reported.0.holes);
-        bump(
-            &stats.arq_recovered,
-            seen.0.recovered - reported.0.recovered,
-        );
-        bump(&stats.arq_lost, seen.0.lost - reported.0.lost);
-        bump(&stats.hold_held, seen.1.held - reported.1.held);
-        bump(
-            &stats.hold_passed_over,
-            seen.1.passed_over - reported.1.passed_over,
-        );
-        reported = seen;
+        link.flush(&conn, now, rtt, &mut batch, &stats.loss);
         if !batch.is_empty() && up.packets(batch).is_err() {
             return;
         }
