@@ -9,7 +9,8 @@
 //! bursty (Gilbert-Elliott) loss come from on6's userspace impairment relay
 //! ([`on6::impair::relay`]) run in a thread of this process inside its own
 //! namespace on the underlay: the kernel here has no netem. UDP tunnels are
-//! pointed at the relay's addresses instead of each other's.
+//! pointed at the relay's addresses instead of each other's. A bottleneck is
+//! `tbf` on each site's underlay egress.
 //!
 //! Traffic is iperf3 TCP with the inner congestion control set per run (BBR
 //! and CUBIC differ enormously under loss), iperf3 UDP at a fixed offered
@@ -141,6 +142,9 @@ struct Cond {
     burst: Option<f64>,
     /// Share of packets the relay holds back 5 ms so later ones overtake them.
     reorder_pct: f64,
+    /// A bottleneck: `tbf` at this rate on each site's underlay egress, with
+    /// 20 ms of queue (about one BDP of a 20 ms path).
+    rate_mbit: Option<u32>,
 }
 
 impl Cond {
@@ -150,6 +154,7 @@ impl Cond {
             delay_ms,
             burst: None,
             reorder_pct: 0.0,
+            rate_mbit: None,
         }
     }
 
@@ -196,6 +201,9 @@ impl Cond {
         if self.reorder_pct > 0.0 {
             parts.push(format!("relay reorders {}% by 5 ms", self.reorder_pct));
         }
+        if let Some(r) = self.rate_mbit {
+            parts.push(format!("tbf {r} Mbit/s each way"));
+        }
         if parts.is_empty() {
             "none".to_string()
         } else {
@@ -209,6 +217,7 @@ struct Row {
     peer: &'static str,
     loss_pct: f64,
     delay_ms: u32,
+    rate_mbit: Option<u32>,
     impairment: String,
     congestion: String,
     streams: u32,
@@ -229,6 +238,7 @@ impl Row {
             peer,
             loss_pct: cond.map_or(0.0, |c| c.loss_pct),
             delay_ms: cond.map_or(0, |c| c.delay_ms),
+            rate_mbit: cond.and_then(|c| c.rate_mbit),
             impairment: cond.map_or("-".into(), Cond::label),
             congestion: "-".into(),
             streams: 0,
@@ -500,6 +510,25 @@ fn set_loss(ov: &Overlay, pct: f64) -> Result<(), String> {
             let path = ov.dir.join(format!("loss-{ns}.nft"));
             write(&path, &rules)?;
             in_ns(ns, &["nft", "-f", &path.to_string_lossy()])?;
+        }
+    }
+    Ok(())
+}
+
+/// Rate-limits each site's underlay egress with `tbf`, or removes the limit.
+fn set_rate(ov: &Overlay, mbit: Option<u32>) -> Result<(), String> {
+    for s in &ov.sites {
+        let ns = s.site_ns.name();
+        let _ = in_ns(ns, &["tc", "qdisc", "del", "dev", "ul0", "root"]);
+        if let Some(r) = mbit {
+            let rate = format!("{r}mbit");
+            in_ns(
+                ns,
+                &[
+                    "tc", "qdisc", "add", "dev", "ul0", "root", "tbf", "rate", &rate, "burst",
+                    "64kb", "latency", "20ms",
+                ],
+            )?;
         }
     }
     Ok(())
@@ -1110,6 +1139,7 @@ fn plan(quick: bool) -> Plan {
                 Cond::iid(0.0, 0),
                 Cond {
                     burst: Some(4.0),
+                    rate_mbit: Some(100),
                     ..Cond::iid(1.0, 20)
                 },
             ],
@@ -1136,6 +1166,12 @@ fn plan(quick: bool) -> Plan {
             reorder_pct: 1.0,
             ..Cond::iid(0.0, 20)
         });
+        for loss in [0.0, 1.0] {
+            conds.push(Cond {
+                rate_mbit: Some(100),
+                ..Cond::iid(loss, 20)
+            });
+        }
         Plan {
             conds,
             ccs: &["bbr", "cubic"],
@@ -1161,7 +1197,7 @@ fn measure(peer: Peer, bed: &Bed, conds: &[Cond], plan: &Plan, rows: &mut Vec<Ro
         } else {
             cond.nft_loss()
         };
-        if let Err(e) = set_loss(&bed.ov, nft) {
+        if let Err(e) = set_loss(&bed.ov, nft).and_then(|()| set_rate(&bed.ov, cond.rate_mbit)) {
             rows.push(Row::unmeasured(peer.name(), Some(cond), e));
             continue;
         }
@@ -1318,6 +1354,7 @@ fn chart(rows: &[Row], path: &Path) -> Result<(), String> {
             && r.congestion == "bbr"
             && r.streams == 1
             && r.mbit_s.is_some()
+            && r.rate_mbit.is_none()
             && !r.impairment.contains("GE")
     };
     let mut losses: Vec<f64> = rows.iter().filter(pick).map(|r| r.loss_pct).collect();
