@@ -237,6 +237,20 @@ impl<T> Impairment<T> {
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
+
+    /// Applies `cfg` to packets from now on; those already queued keep
+    /// their release times, as packets on a real path keep their delay when
+    /// its conditions change. (Flushed at once instead, they came back with
+    /// near-zero RTT and taught the tunnels' controllers a base RTT well
+    /// under the path's.)
+    pub fn reconfigure(&mut self, cfg: Config) {
+        let queue = std::mem::take(&mut self.queue);
+        let (seq, last_in_order) = (self.seq, self.last_in_order);
+        *self = Impairment::new(cfg);
+        self.queue = queue;
+        self.seq = seq;
+        self.last_in_order = last_in_order;
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +270,27 @@ mod tests {
         (0..n)
             .map(|i| imp.push(Duration::ZERO, i) == Verdict::Dropped)
             .collect()
+    }
+
+    #[test]
+    fn a_new_setting_leaves_queued_packets_their_release_times() {
+        let slow = Config {
+            delay: Duration::from_millis(20),
+            ..Config::transparent(1)
+        };
+        let mut imp = Impairment::new(slow);
+        let ms = Duration::from_millis;
+        assert_eq!(imp.push(ms(0), 'a'), Verdict::Release(ms(20)));
+        imp.reconfigure(Config::transparent(2));
+        assert_eq!(
+            imp.push(ms(1), 'b'),
+            Verdict::Release(ms(20)),
+            "never overtakes"
+        );
+        assert_eq!(imp.pop_due(ms(19)), None, "a keeps its delay");
+        assert_eq!(imp.pop_due(ms(20)), Some('a'));
+        assert_eq!(imp.pop_due(ms(20)), Some('b'));
+        assert_eq!(imp.push(ms(30), 'c'), Verdict::Release(ms(30)));
     }
 
     #[test]

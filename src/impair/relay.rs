@@ -130,13 +130,12 @@ async fn forward(
     (mut cfg, k): (watch::Receiver<Config>, u64),
     origin: Instant,
 ) -> io::Result<()> {
-    let impairment = |c: Config| {
-        Impairment::<Vec<u8>>::new(Config {
-            seed: c.seed.wrapping_add(k),
-            ..c
-        })
+    // Each direction draws its own random numbers.
+    let seeded = |c: Config| Config {
+        seed: c.seed.wrapping_add(k),
+        ..c
     };
-    let mut imp = impairment(*cfg.borrow_and_update());
+    let mut imp = Impairment::<Vec<u8>>::new(seeded(*cfg.borrow_and_update()));
     let mut buf = vec![0u8; 65_536];
     loop {
         let due = imp.next_release().map(|d| origin + d);
@@ -157,11 +156,7 @@ async fn forward(
                 if changed.is_err() {
                     return Ok(());
                 }
-                // Packets already queued leave now: the new setting starts clean.
-                while let Some(packet) = imp.pop_due(std::time::Duration::MAX) {
-                    send(&tx, &to, &packet).await;
-                }
-                imp = impairment(*cfg.borrow_and_update());
+                imp.reconfigure(seeded(*cfg.borrow_and_update()));
             }
         }
         let now = origin.elapsed();
