@@ -6,7 +6,9 @@
 //! their bytes over a connection and counts what they did.
 
 use crate::packet::PacketArena;
-use crate::transport::arq::{self, ArqReceiver, ArqSender, ReceiverConfig, ReceiverStats, Verdict};
+use crate::transport::arq::{
+    self, ArqError, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, Verdict,
+};
 use crate::transport::hold::{HoldStats, InOrder};
 use crate::transport::{self, RESEND_RESERVE};
 use bytes::{Bytes, BytesMut};
@@ -116,10 +118,21 @@ impl LinkSender {
     }
 }
 
+/// One datagram from the peer, as loss hiding sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A packet numbered `seq`, not received before.
+    Data { seq: u32, packet: &'a [u8] },
+    /// The peer asks for these again.
+    Nack(Vec<(u32, u16)>),
+    /// A resend that crossed the original.
+    Duplicate,
+}
+
 /// The receiving half: notices holes, asks for them, and holds TCP behind
-/// them. The caller parses and checks each datagram between
-/// [`LinkReceiver::fresh`] and [`LinkReceiver::push`] or
-/// [`LinkReceiver::skip`], then calls [`LinkReceiver::flush`] once per batch.
+/// them. The caller checks each packet [`LinkReceiver::classify`] finds,
+/// hands it to [`LinkReceiver::push`] or [`LinkReceiver::skip`], and calls
+/// [`LinkReceiver::flush`] once per batch.
 #[derive(Debug)]
 pub struct LinkReceiver {
     holes: ArqReceiver,
@@ -155,9 +168,15 @@ impl LinkReceiver {
         self.holes.poll_timeout().into_iter().chain(hold_due).min()
     }
 
-    /// False for a number already received: a resend that crossed the original.
-    pub fn fresh(&mut self, seq: u32) -> bool {
-        self.holes.on_data(seq) != Verdict::Duplicate
+    /// Parses a datagram; a data packet's number counts as received.
+    pub fn classify<'a>(&mut self, datagram: &'a [u8]) -> Result<Incoming<'a>, ArqError> {
+        Ok(match Frame::parse(datagram)? {
+            Frame::Data { seq, .. } if self.holes.on_data(seq) == Verdict::Duplicate => {
+                Incoming::Duplicate
+            }
+            Frame::Data { seq, packet } => Incoming::Data { seq, packet },
+            Frame::Nack(ranges) => Incoming::Nack(ranges),
+        })
     }
 
     /// A checked packet numbered `seq`: into `out` now, or once the holes

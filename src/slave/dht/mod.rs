@@ -14,13 +14,12 @@ pub mod record;
 pub mod resolve;
 pub mod schedule;
 
-use super::link::{LinkReceiver, LinkSender, LossCounters};
+use super::link::{Incoming, LinkReceiver, LinkSender, LossCounters};
 use super::{MasterPort, SlaveError, Uplink};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::{Downlink, MAX_BATCH};
 use crate::packet::{self, IcmpError, Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, Role};
-use crate::transport::arq::Frame;
 use crate::transport::{self, close, TransportOptions};
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv6Net;
@@ -607,14 +606,10 @@ async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ct
                 }
                 continue;
             }
-            let (seq, packet) = match Frame::parse(&d) {
-                Ok(Frame::Data { seq, packet }) => {
-                    if !link.fresh(seq) {
-                        continue;
-                    }
-                    (seq, packet)
-                }
-                Ok(Frame::Nack(ranges)) => {
+            let (seq, packet) = match link.classify(&d) {
+                Ok(Incoming::Data { seq, packet }) => (seq, packet),
+                Ok(Incoming::Duplicate) => continue,
+                Ok(Incoming::Nack(ranges)) => {
                     // A full queue loses a request, as the wire may: the peer asks again.
                     let nack = ConnEvent::Nack(conn.remote_address(), conn.stable_id(), ranges);
                     let _ = ctx.events.try_send(nack);

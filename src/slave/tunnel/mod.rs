@@ -5,14 +5,13 @@
 //! connection to it is up, so the master answers Destination Unreachable for
 //! a site that is down.
 
-use super::link::{LinkReceiver, LinkSender, LossCounters};
+use super::link::{Incoming, LinkReceiver, LinkSender, LossCounters};
 use super::{MasterPort, SlaveError};
 use crate::control::{ControlMessage, SlaveKind};
 use crate::master::driver::{Downlink, PacketSink, MAX_BATCH};
 use crate::master::RoutingTable;
 use crate::packet::{Ipv6Packet, PacketArena};
 use crate::pki::{Credentials, NodeIdentity, Role};
-use crate::transport::arq::Frame;
 use crate::transport::{self, close, TransportOptions};
 use bytes::Bytes;
 use ipnet::Ipv6Net;
@@ -344,14 +343,10 @@ async fn receive(
         let (now, rtt) = (Instant::now(), LinkReceiver::rtt(&conn));
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
-            let (seq, packet) = match Frame::parse(&d) {
-                Ok(Frame::Data { seq, packet }) => {
-                    if !link.fresh(seq) {
-                        continue;
-                    }
-                    (seq, packet)
-                }
-                Ok(Frame::Nack(ranges)) => {
+            let (seq, packet) = match link.classify(&d) {
+                Ok(Incoming::Data { seq, packet }) => (seq, packet),
+                Ok(Incoming::Duplicate) => continue,
+                Ok(Incoming::Nack(ranges)) => {
                     // A full queue loses a request, as the wire may: the peer asks again.
                     let _ = nacks.try_send((i, ranges));
                     continue;
