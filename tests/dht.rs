@@ -404,22 +404,7 @@ fn wire_loss_is_hidden_on_dht_paths_too() {
     // Resolve and connect first: the loss is about the data path.
     common::check(&ov, ping_ok(&ov, 0, 1), "site-1 -> site-2 over the DHT");
     common::wire_loss(&ov, 5);
-    let total = 10_000;
-    let received = common::udp_delivered(&ov, 0, 1, total);
-    let share = received as f64 / f64::from(total);
-    eprintln!(
-        "DHT path, 5 % wire loss: {received} of {total} datagrams delivered ({:.2} %)",
-        share * 100.0
-    );
-    // Without loss hiding about 95 % arrive; one resend round leaves ~0.25 %.
-    common::check(
-        &ov,
-        share >= 0.985,
-        &format!(
-            "only {:.2} % of the datagrams arrived over the DHT path through 5 % wire loss",
-            share * 100.0
-        ),
-    );
+    common::check_udp_loss_hidden(&ov, 5, "DHT path");
     let r = measure_pair(&ov, 0, 1, 0, 10_000_000);
     common::check(
         &ov,

@@ -340,22 +340,7 @@ fn five_percent_wire_loss_is_hidden_from_udp_and_tcp_is_held_in_order() {
         return;
     };
     common::wire_loss(&ov, 5);
-    let total = 10_000;
-    let received = common::udp_delivered(&ov, 0, 1, total);
-    let share = received as f64 / f64::from(total);
-    eprintln!(
-        "5 % wire loss: {received} of {total} datagrams delivered ({:.2} %)",
-        share * 100.0
-    );
-    // Without loss hiding about 95 % arrive; one resend round leaves ~0.25 %.
-    common::check(
-        &ov,
-        share >= 0.985,
-        &format!(
-            "only {:.2} % of the datagrams arrived through 5 % wire loss",
-            share * 100.0
-        ),
-    );
+    common::check_udp_loss_hidden(&ov, 5, "tunnel");
     let held = |ov: &on6::demo::overlay::Overlay| {
         ov.status(1)
             .and_then(|st| st["tunnels"][0][1][0]["stats"]["hold_held"].as_u64())

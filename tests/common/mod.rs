@@ -104,6 +104,27 @@ pub fn wire_loss(ov: &Overlay, pct: u32) {
     }
 }
 
+/// Checks that 10,000 numbered UDP datagrams from site 1 to site 2 get
+/// through the wire loss set up by [`wire_loss`] (`pct` %) on `path`.
+pub fn check_udp_loss_hidden(ov: &Overlay, pct: u32, path: &str) {
+    let total = 10_000;
+    let received = udp_delivered(ov, 0, 1, total);
+    let share = received as f64 / f64::from(total);
+    eprintln!(
+        "{path}, {pct} % wire loss: {received} of {total} datagrams delivered ({:.2} %)",
+        share * 100.0
+    );
+    // Without loss hiding about 95 % arrive; one resend round leaves ~0.25 %.
+    check(
+        ov,
+        share >= 0.985,
+        &format!(
+            "only {:.2} % of the datagrams arrived over the {path} through {pct} % wire loss",
+            share * 100.0
+        ),
+    );
+}
+
 /// Sends `total` numbered 1000-byte UDP datagrams from site `a`'s host to
 /// site `b`'s at about 40 Mbit/s (far below capacity) and returns how many
 /// arrived.
