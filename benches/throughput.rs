@@ -1463,9 +1463,11 @@ fn main() {
         }
     }
     let mut plan = plan(quick);
-    // THROUGHPUT_CONDS=relay keeps only conditions whose label contains the text.
+    // THROUGHPUT_CONDS=relay keeps only conditions whose label, after
+    // "loss=<pct>% ", contains the text ("loss=5% nft" picks one condition).
     if let Ok(only) = std::env::var("THROUGHPUT_CONDS") {
-        plan.conds.retain(|c| c.label().contains(&only));
+        plan.conds
+            .retain(|c| format!("loss={}% {}", c.loss_pct, c.label()).contains(&only));
     }
     // THROUGHPUT_SECS=8 runs each iperf3 for that long: less noise, for A/B runs.
     if let Some(s) = std::env::var("THROUGHPUT_SECS")
