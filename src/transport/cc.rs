@@ -410,7 +410,7 @@ mod tests {
                 app_credit += match (app_rate, self.burst) {
                     (None, _) => f64::INFINITY,
                     (Some(r), None) => r as f64 * tick.as_secs_f64(),
-                    (Some(r), Some(b)) if (tick * step).as_nanos() % b.as_nanos() == 0 => {
+                    (Some(r), Some(b)) if (tick * step).as_nanos().is_multiple_of(b.as_nanos()) => {
                         r as f64 * b.as_secs_f64()
                     }
                     (Some(_), Some(_)) => 0.0,
