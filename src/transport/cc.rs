@@ -707,6 +707,28 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_idle_since_set_up_starts_from_the_initial_window() {
+        // Keepalives alone end start-up (the bandwidth they show stops
+        // growing); the first burst after them must not start from 4 packets.
+        let mut now = Instant::now();
+        let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
+        acks(
+            &mut cc,
+            &mut now,
+            500,
+            20_000,
+            Duration::from_millis(20),
+            100,
+        );
+        assert!(!cc.in_startup(), "keepalives did not end start-up");
+        assert!(
+            cc.window() >= TunnelCcConfig::default().initial_window,
+            "window {}",
+            cc.window()
+        );
+    }
+
+    #[test]
     fn acks_that_deliver_nothing_do_not_end_start_up() {
         // An idle connection's keepalive ACKs carry no bytes.
         let start = Instant::now();
