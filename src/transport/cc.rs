@@ -10,7 +10,7 @@
 //! second (so a stalled receiver, common on a busy host, does not talk it
 //! down within a few RTTs). Loss alone never shrinks it; quinn paces at the
 //! window per RTT, so the queue the tunnel adds at a bottleneck stays near
-//! one BDP.
+//! one BDP (or near the initial window, on a path whose BDP is smaller).
 //!
 //! The RTT in that product is the path's base RTT, which the controller keeps
 //! itself rather than taking quinn's lifetime minimum: when the path's RTT
@@ -25,9 +25,9 @@
 //! measured, the base then climbed 21, 45, 72, 151 ms at 100 Mbit/s and the
 //! window with it). A rise the bytes in flight explain (they take that long
 //! to drain at the bandwidth) is taken for a queue; one they do not, or one
-//! that lasts [`RTT_RISE_PERIODS`] probe periods, for a new path, whose
-//! minimum becomes the base. The second test bounds the cost of a rise of
-//! two to two and a half times while window-limited, which looks the same.
+//! that lasts `RTT_RISE_PERIODS` probe periods (2 s), for a new path, whose
+//! minimum becomes the base. That cap bounds the cost of a rise of two to
+//! two and a half times while window-limited, which looks the same.
 
 use quinn_proto::congestion::{Controller, ControllerFactory};
 use quinn_proto::RttEstimator;
@@ -54,7 +54,8 @@ const RTT_RISE_FACTOR: u32 = 2;
 /// A raised RTT up to this many times in-flight over bandwidth is the time
 /// the tunnel's own data takes to drain through the bottleneck: a queue.
 const QUEUE_EXPLAINS: f64 = 1.25;
-/// Probe periods in a row a raised RTT may be taken for a queue.
+/// The probe period, counted in a row, at which a raised RTT that the bytes
+/// in flight explain is re-learned all the same.
 const RTT_RISE_PERIODS: u32 = 8;
 
 #[derive(Debug, Clone)]
@@ -147,8 +148,8 @@ impl TunnelCc {
 
     fn end_sample(&mut self, now: Instant) {
         if self.sample_bytes == 0 {
-            // Only ACKs of ACKs or of lost packets: nothing was delivered, so
-            // this says nothing about the path (an idle connection's keepalives).
+            // Only ACKs of ACK-only packets: nothing was delivered, so this
+            // says nothing about the path.
             self.sample_start = now;
             self.sample_app_limited = false;
             return;
@@ -261,8 +262,12 @@ impl TunnelCc {
         let bdp = (self.bandwidth() as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
         // Never below the initial window: after an idle second the bandwidth
         // samples have expired, and a burst should not start from 4 packets.
-        let floor = self.config.initial_window.max(min_window(self.mtu));
-        (WINDOW_GAIN * bdp).clamp(floor, self.config.max_window.max(floor))
+        let floor = self
+            .config
+            .initial_window
+            .max(min_window(self.mtu))
+            .min(self.config.max_window);
+        (WINDOW_GAIN * bdp).clamp(floor, self.config.max_window)
     }
 }
 
@@ -638,14 +643,14 @@ mod tests {
         cc: &mut TunnelCc,
         now: &mut Instant,
         ms: u32,
-        rate: u64,
+        (rate, app_limited): (u64, bool),
         rtt: Duration,
         in_flight: u64,
     ) {
         for _ in 0..ms {
             *now += Duration::from_millis(1);
-            cc.on_ack_sample(*now, rate / 1000, false, rtt);
-            cc.on_end_acks(*now, in_flight, false, None);
+            cc.on_ack_sample(*now, rate / 1000, app_limited, rtt);
+            cc.on_end_acks(*now, in_flight, app_limited, None);
         }
     }
 
@@ -659,18 +664,25 @@ mod tests {
         let raised = Duration::from_millis(45);
         let mut now = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
-        acks(&mut cc, &mut now, 1000, rate, base, 250_000);
-        acks(&mut cc, &mut now, 1000, rate, raised, 560_000);
+        acks(&mut cc, &mut now, 1000, (rate, false), base, 250_000);
+        acks(&mut cc, &mut now, 1000, (rate, false), raised, 560_000);
         assert_eq!(cc.base_rtt(), Some(base), "a queue taken for a longer path");
         // A queue that never drains in two seconds is taken for a path after
         // all: a rise the window cannot tell from one must not cost for good.
-        acks(&mut cc, &mut now, 1500, rate, raised, 560_000);
+        acks(&mut cc, &mut now, 1500, (rate, false), raised, 560_000);
         assert_eq!(cc.base_rtt(), Some(raised));
         // The same rise with 100 KB in flight is a longer path at once.
         let mut now = Instant::now();
         let mut moved = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
-        acks(&mut moved, &mut now, 1000, rate, base, 250_000);
-        acks(&mut moved, &mut now, 600, rate / 5, raised, 100_000);
+        acks(&mut moved, &mut now, 1000, (rate, false), base, 250_000);
+        acks(
+            &mut moved,
+            &mut now,
+            600,
+            (rate / 5, false),
+            raised,
+            100_000,
+        );
         assert_eq!(moved.base_rtt(), Some(raised));
     }
 
@@ -712,14 +724,9 @@ mod tests {
         // growing); the first burst after them must not start from 4 packets.
         let mut now = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
-        acks(
-            &mut cc,
-            &mut now,
-            500,
-            20_000,
-            Duration::from_millis(20),
-            100,
-        );
+        let keepalives = (20_000, true);
+        let rtt = Duration::from_millis(20);
+        acks(&mut cc, &mut now, 500, keepalives, rtt, 100);
         assert!(!cc.in_startup(), "keepalives did not end start-up");
         assert!(
             cc.window() >= TunnelCcConfig::default().initial_window,
@@ -730,7 +737,7 @@ mod tests {
 
     #[test]
     fn acks_that_deliver_nothing_do_not_end_start_up() {
-        // An idle connection's keepalive ACKs carry no bytes.
+        // ACKs of ACK-only packets acknowledge no bytes.
         let start = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), start, 1400);
         for i in 1..=10 {
