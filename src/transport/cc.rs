@@ -97,12 +97,6 @@ pub struct TunnelCc {
     sample_start: Instant,
     sample_bytes: u64,
     sample_app_limited: bool,
-    /// When a sample last ran into the window or the pacer: the path, not
-    /// the application, set its rate.
-    unlimited_sample_at: Option<Instant>,
-    /// Whether one did within the last [`BW_WINDOW`]; until one does, the
-    /// window stays at least the initial window.
-    path_measured: bool,
     /// Delivery rates (bytes per second) of the last [`BW_WINDOW`], as a
     /// monotonic queue: each entry is higher than every later one, so the
     /// front is the maximum.
@@ -127,8 +121,6 @@ impl TunnelCc {
             sample_start: now,
             sample_bytes: 0,
             sample_app_limited: false,
-            unlimited_sample_at: None,
-            path_measured: false,
             samples: VecDeque::new(),
             full_bw: false,
             full_bw_reference: 0,
@@ -172,12 +164,6 @@ impl TunnelCc {
         {
             self.samples.pop_front();
         }
-        if !self.sample_app_limited {
-            self.unlimited_sample_at = Some(now);
-        }
-        self.path_measured = self
-            .unlimited_sample_at
-            .is_some_and(|at| now.saturating_duration_since(at) <= BW_WINDOW);
         if !self.sample_app_limited || rate > self.bandwidth() {
             while self.samples.back().is_some_and(|&(_, r)| r <= rate) {
                 self.samples.pop_back();
@@ -274,16 +260,13 @@ impl TunnelCc {
     fn target_window(&self) -> u64 {
         let rtt = self.sample_interval();
         let bdp = (self.bandwidth() as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
-        // Until the path has set a sample's rate (keepalives only, or an idle
-        // second since), never below the initial window: a burst should not
-        // start from 4 packets. Once it has, the model rules: on a slow path
-        // the initial window alone would keep a standing queue.
-        let floor = if self.path_measured {
-            min_window(self.mtu)
-        } else {
-            self.config.initial_window.max(min_window(self.mtu))
-        }
-        .min(self.config.max_window);
+        // Never below the initial window: after an idle second the bandwidth
+        // samples have expired, and a burst should not start from 4 packets.
+        let floor = self
+            .config
+            .initial_window
+            .max(min_window(self.mtu))
+            .min(self.config.max_window);
         (WINDOW_GAIN * bdp).clamp(floor, self.config.max_window)
     }
 }
@@ -336,8 +319,6 @@ impl Controller for TunnelCc {
                 "congestion control: persistent congestion, measuring afresh"
             );
             self.samples.clear();
-            self.unlimited_sample_at = None;
-            self.path_measured = false;
             self.full_bw = false;
             self.full_bw_reference = 0;
             self.rounds_without_growth = 0;
@@ -751,31 +732,6 @@ mod tests {
             cc.window() >= TunnelCcConfig::default().initial_window,
             "window {}",
             cc.window()
-        );
-    }
-
-    #[test]
-    fn a_slow_path_keeps_no_standing_queue_of_the_initial_window() {
-        // 5 Mbit/s over 20 ms: a BDP of 12.5 KB. Held at the 64 KiB initial
-        // window, the RTT would stand at 105 ms and in time be re-learned
-        // as the base, and the window would grow with it.
-        let rate = 625_000;
-        let rtt = Duration::from_millis(20);
-        let (cc, goodput, _) = Path {
-            steps: 120_000,
-            ..Path::new(rate, rtt)
-        }
-        .run();
-        assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
-        assert!(
-            cc.window() <= 3 * rate * 20 / 1000,
-            "window {}",
-            cc.window()
-        );
-        assert!(
-            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
-            "base RTT {:?}",
-            cc.base_rtt()
         );
     }
 
