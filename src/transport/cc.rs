@@ -587,18 +587,25 @@ mod tests {
         );
     }
 
+    /// A path of `rate` whose RTT goes from `from` to `to` half a second in:
+    /// the controller and the delivered bytes/s over the last half.
+    fn rerouted(rate: u64, from: Duration, to: Duration, steps: u32) -> (TunnelCc, u64) {
+        let (cc, goodput, _) = Path {
+            rtt_change: Some((Duration::from_millis(500), to)),
+            steps,
+            ..Path::new(rate, from)
+        }
+        .run();
+        (cc, goodput)
+    }
+
     #[test]
     fn a_path_whose_rtt_rises_for_good_gets_its_rate_back() {
         // Set up on a LAN-like path, then rerouted over 20 ms: sized for the
         // old RTT, the window would ratchet down to its minimum.
         let rate = 125_000_000; // 1 Gbit/s
         let new_rtt = Duration::from_millis(20);
-        let (cc, goodput, _) = Path {
-            rtt_change: Some((Duration::from_millis(500), new_rtt)),
-            steps: 80_000,
-            ..Path::new(rate, Duration::from_micros(100))
-        }
-        .run();
+        let (cc, goodput) = rerouted(rate, Duration::from_micros(100), new_rtt, 80_000);
         assert!(goodput > rate * 8 / 10, "goodput {goodput} of {rate}");
         assert!(
             cc.base_rtt().is_some_and(|r| r >= new_rtt),
@@ -692,12 +699,7 @@ mod tests {
         // rise as well as a queue would, so only its lasting tells.
         let rate = 125_000_000;
         let new_rtt = Duration::from_millis(45);
-        let (cc, goodput, _) = Path {
-            rtt_change: Some((Duration::from_millis(500), new_rtt)),
-            steps: 120_000,
-            ..Path::new(rate, Duration::from_millis(20))
-        }
-        .run();
+        let (cc, goodput) = rerouted(rate, Duration::from_millis(20), new_rtt, 120_000);
         assert_eq!(cc.base_rtt(), Some(new_rtt));
         assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
     }
