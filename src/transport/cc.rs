@@ -23,11 +23,19 @@
 //! base, the path may have changed. But the tunnel's own queue at a
 //! bottleneck doubles the RTT too (two BDPs in flight leave one queued;
 //! measured, the base then climbed 21, 45, 72, 151 ms at 100 Mbit/s and the
-//! window with it). A rise the bytes in flight explain (they take that long
-//! to drain at the bandwidth) is taken for a queue; one they do not, or one
-//! that lasts `RTT_RISE_PERIODS` probe periods (2 s), for a new path, whose
-//! minimum becomes the base. That cap bounds the cost of a rise of two to
-//! two and a half times while window-limited, which looks the same.
+//! window with it). A rise the bytes in flight do not explain (they would
+//! drain at the bandwidth sooner) is a new path at once, whose minimum
+//! becomes the base. One they do explain is looked at, as BBR's ProbeRTT
+//! does: the window drops to one BDP, which still fills the path, for a few
+//! round trips. If the RTT falls back, it was a queue; if not, a new path.
+//! (Without that look, a queue re-learned as the base grows the window,
+//! whose queue is re-learned in turn; and a route change of 2 to 2.5 times
+//! with the window full looks exactly like a queue.)
+//!
+//! The window never drops below the initial window before the path has set
+//! a sample's rate, so that a burst after set-up or an idle second does not
+//! start from 4 packets; once it has, that floor is cut to what drains in
+//! `FLOOR_QUEUE` at the measured rate: 64 KiB is 105 ms of queue at 5 Mbit/s.
 
 use quinn_proto::congestion::{Controller, ControllerFactory};
 use quinn_proto::RttEstimator;
@@ -54,9 +62,11 @@ const RTT_RISE_FACTOR: u32 = 2;
 /// A raised RTT up to this many times in-flight over bandwidth is the time
 /// the tunnel's own data takes to drain through the bottleneck: a queue.
 const QUEUE_EXPLAINS: f64 = 1.25;
-/// The probe period, counted in a row, at which a raised RTT that the bytes
-/// in flight explain is re-learned all the same.
-const RTT_RISE_PERIODS: u32 = 8;
+/// How long a look at a raised RTT lasts, in raised RTTs: the queue drains
+/// within one, packets sent at the lower window come back within the next.
+const DRAIN_RTTS: u32 = 3;
+/// The most queue the initial-window floor may keep at a measured rate.
+const FLOOR_QUEUE: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Clone)]
 pub struct TunnelCcConfig {
@@ -92,11 +102,15 @@ pub struct TunnelCc {
     probe_min_rtt: Duration,
     probe_max_in_flight: u64,
     probe_start: Instant,
-    /// Probe periods in a row whose RTT rise was taken for a queue.
-    queued_periods: u32,
+    /// A look at a raised RTT that in-flight bytes explain: until when the
+    /// window is held at one BDP, and the lowest RTT seen meanwhile.
+    drain: Option<(Instant, Duration)>,
     sample_start: Instant,
     sample_bytes: u64,
     sample_app_limited: bool,
+    /// When a sample last ran into the window or the pacer: the path, not
+    /// the application, set its rate.
+    path_set_rate_at: Option<Instant>,
     /// Delivery rates (bytes per second) of the last [`BW_WINDOW`], as a
     /// monotonic queue: each entry is higher than every later one, so the
     /// front is the maximum.
@@ -117,10 +131,11 @@ impl TunnelCc {
             probe_min_rtt: Duration::MAX,
             probe_max_in_flight: 0,
             probe_start: now,
-            queued_periods: 0,
+            drain: None,
             sample_start: now,
             sample_bytes: 0,
             sample_app_limited: false,
+            path_set_rate_at: None,
             samples: VecDeque::new(),
             full_bw: false,
             full_bw_reference: 0,
@@ -163,6 +178,9 @@ impl TunnelCc {
             .is_some_and(|&(at, _)| now.saturating_duration_since(at) > BW_WINDOW)
         {
             self.samples.pop_front();
+        }
+        if !self.sample_app_limited {
+            self.path_set_rate_at = Some(now);
         }
         if !self.sample_app_limited || rate > self.bandwidth() {
             while self.samples.back().is_some_and(|&(_, r)| r <= rate) {
@@ -212,14 +230,14 @@ impl TunnelCc {
         self.track_rtt(now, rtt);
         self.sample_bytes += bytes;
         self.sample_app_limited |= app_limited;
-        if self.full_bw {
+        if self.full_bw || self.drain.is_some() {
             // Follow the model, growing at most by what was acknowledged.
-            let target = self.target_window();
+            let target = self.target_window(now);
             self.window = target.min(self.window + bytes);
         } else if !app_limited {
             // Start-up doubles per round trip, never below the model.
             self.window = (self.window + bytes)
-                .max(self.target_window())
+                .max(self.target_window(now))
                 .min(self.config.max_window);
         }
     }
@@ -227,47 +245,80 @@ impl TunnelCc {
     fn track_rtt(&mut self, now: Instant, rtt: Duration) {
         let base = self.min_rtt.map_or(rtt, |m| m.min(rtt));
         self.min_rtt = Some(base);
+        // The window is sized for at least `MIN_SAMPLE`, so below that its
+        // own queue may raise the RTT by more than the base.
+        let raised = RTT_RISE_FACTOR * self.sample_interval();
+        if let Some((until, lowest)) = self.drain {
+            let lowest = lowest.min(rtt);
+            if rtt <= raised {
+                tracing::debug!(
+                    rtt_ms = rtt.as_secs_f64() * 1e3,
+                    "congestion control: the raised RTT was a queue"
+                );
+                self.end_probe(now, None);
+            } else if now >= until {
+                self.end_probe(now, Some(lowest));
+            } else {
+                self.drain = Some((until, lowest));
+            }
+            return;
+        }
         self.probe_min_rtt = self.probe_min_rtt.min(rtt);
         let period = RTT_PROBE_PERIOD.max(4 * self.probe_min_rtt);
         if now.saturating_duration_since(self.probe_start) < period {
             return;
         }
-        if self.probe_min_rtt > RTT_RISE_FACTOR * base {
+        if self.probe_min_rtt > raised {
             let drain_time = match self.bandwidth() {
                 0 => 0.0,
                 bw => self.probe_max_in_flight as f64 / bw as f64,
             };
-            let queued = self.probe_min_rtt.as_secs_f64() <= QUEUE_EXPLAINS * drain_time;
-            self.queued_periods = if queued { self.queued_periods + 1 } else { 0 };
-            if !queued || self.queued_periods >= RTT_RISE_PERIODS {
-                tracing::debug!(
-                    old_ms = base.as_secs_f64() * 1e3,
-                    new_ms = self.probe_min_rtt.as_secs_f64() * 1e3,
-                    queued,
-                    "congestion control: the path's RTT rose, re-learning it"
-                );
-                self.min_rtt = Some(self.probe_min_rtt);
-                self.queued_periods = 0;
+            if self.probe_min_rtt.as_secs_f64() <= QUEUE_EXPLAINS * drain_time {
+                self.drain = Some((now + DRAIN_RTTS * self.probe_min_rtt, Duration::MAX));
+                return;
             }
-        } else {
-            self.queued_periods = 0;
+            self.end_probe(now, Some(self.probe_min_rtt));
+            return;
         }
+        self.end_probe(now, None);
+    }
+
+    /// Ends a probe period (and any look at a raised RTT); `relearned`: the
+    /// path's RTT rose to that for good.
+    fn end_probe(&mut self, now: Instant, relearned: Option<Duration>) {
+        if let (Some(new), Some(old)) = (relearned, self.min_rtt) {
+            tracing::debug!(
+                old_ms = old.as_secs_f64() * 1e3,
+                new_ms = new.as_secs_f64() * 1e3,
+                looked = self.drain.is_some(),
+                "congestion control: the path's RTT rose, re-learning it"
+            );
+            self.min_rtt = Some(new);
+        }
+        self.drain = None;
         self.probe_min_rtt = Duration::MAX;
         self.probe_max_in_flight = 0;
         self.probe_start = now;
     }
 
-    fn target_window(&self) -> u64 {
+    fn target_window(&self, now: Instant) -> u64 {
         let rtt = self.sample_interval();
         let bdp = (self.bandwidth() as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
-        // Never below the initial window: after an idle second the bandwidth
-        // samples have expired, and a burst should not start from 4 packets.
-        let floor = self
-            .config
-            .initial_window
-            .max(min_window(self.mtu))
-            .min(self.config.max_window);
-        (WINDOW_GAIN * bdp).clamp(floor, self.config.max_window)
+        let least = min_window(self.mtu);
+        if self.drain.is_some() {
+            return bdp.clamp(least, self.config.max_window);
+        }
+        let path_set_rate = self
+            .path_set_rate_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= BW_WINDOW);
+        let initial = self.config.initial_window.max(least);
+        let floor = if path_set_rate {
+            let drains = (self.bandwidth() as u128 * FLOOR_QUEUE.as_nanos() / 1_000_000_000) as u64;
+            initial.min(drains.max(least))
+        } else {
+            initial
+        };
+        (WINDOW_GAIN * bdp).clamp(floor.min(self.config.max_window), self.config.max_window)
     }
 }
 
@@ -329,7 +380,8 @@ impl Controller for TunnelCc {
             self.probe_min_rtt = Duration::MAX;
             self.probe_max_in_flight = 0;
             self.probe_start = now;
-            self.queued_periods = 0;
+            self.drain = None;
+            self.path_set_rate_at = None;
         }
     }
 
@@ -662,21 +714,28 @@ mod tests {
     }
 
     #[test]
-    fn an_rtt_rise_the_bytes_in_flight_explain_is_a_queue_for_a_while() {
-        // 100 Mbit/s over 20 ms, then 45 ms: with 560 KB in flight that is
-        // the tunnel's own data draining through the bottleneck (a 100
-        // Mbit/s token bucket with 25 ms of queue, as measured).
+    fn an_rtt_rise_the_bytes_in_flight_explain_is_looked_at_before_it_is_believed() {
+        // 100 Mbit/s over 20 ms, then 45 ms with 560 KB in flight: the
+        // tunnel's own data draining through the bottleneck (a 100 Mbit/s
+        // token bucket with 25 ms of queue, as measured), or a longer path.
         let rate = 12_500_000;
+        let bdp = rate * 20 / 1000;
         let base = Duration::from_millis(20);
         let raised = Duration::from_millis(45);
         let mut now = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
         acks(&mut cc, &mut now, 1000, (rate, false), base, 250_000);
-        acks(&mut cc, &mut now, 1000, (rate, false), raised, 560_000);
+        acks(&mut cc, &mut now, 300, (rate, false), raised, 560_000);
         assert_eq!(cc.base_rtt(), Some(base), "a queue taken for a longer path");
-        // A queue that never drains in two seconds is taken for a path after
-        // all: a rise the window cannot tell from one must not cost for good.
-        acks(&mut cc, &mut now, 1500, (rate, false), raised, 560_000);
+        assert!(cc.window() <= bdp, "window {} while looking", cc.window());
+        // At one BDP in flight the RTT falls back: it was a queue, and the
+        // window regrows.
+        acks(&mut cc, &mut now, 100, (rate, false), base, bdp);
+        assert_eq!(cc.base_rtt(), Some(base));
+        assert!(cc.window() >= 2 * bdp, "window {}", cc.window());
+        // A rise that stays while the window is down is a longer path.
+        acks(&mut cc, &mut now, 500, (rate, false), raised, 560_000);
+        acks(&mut cc, &mut now, 200, (rate, false), raised, bdp);
         assert_eq!(cc.base_rtt(), Some(raised));
         // The same rise with 100 KB in flight is a longer path at once.
         let mut now = Instant::now();
@@ -734,6 +793,79 @@ mod tests {
             cc.window() >= TunnelCcConfig::default().initial_window,
             "window {}",
             cc.window()
+        );
+    }
+
+    #[test]
+    fn a_slow_path_keeps_no_standing_queue_of_the_initial_window() {
+        // 5 Mbit/s over 20 ms: a BDP of 12.5 KB. Held at the 64 KiB initial
+        // window the RTT would stand at 125 ms, be taken in time for the
+        // path's, and the window would grow with it.
+        let rate = 625_000;
+        let rtt = Duration::from_millis(20);
+        let (cc, goodput, max_queue) = Path {
+            steps: 200_000,
+            ..Path::new(rate, rtt)
+        }
+        .run();
+        assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
+        let bdp = rate * 20 / 1000;
+        assert!(
+            cc.window() <= 3 * bdp,
+            "window {} vs BDP {bdp}",
+            cc.window()
+        );
+        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
+        assert!(
+            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
+            "base RTT {:?}",
+            cc.base_rtt()
+        );
+    }
+
+    #[test]
+    fn a_sub_millisecond_path_keeps_its_base_rtt_under_its_own_queue() {
+        // The window is sized for at least 2 ms, so on a 0.1 ms path its
+        // queue raises the RTT some twenty times: still not a longer path.
+        let rtt = Duration::from_micros(100);
+        let (cc, goodput, _) = Path {
+            steps: 100_000,
+            ..Path::new(500_000_000, rtt)
+        }
+        .run();
+        assert!(goodput > 450_000_000, "goodput {goodput}");
+        assert!(
+            cc.base_rtt().is_some_and(|r| r < Duration::from_millis(1)),
+            "base RTT {:?}",
+            cc.base_rtt()
+        );
+        assert!(cc.window() <= 3_000_000, "window {}", cc.window());
+    }
+
+    #[test]
+    fn a_bottleneck_queue_never_ratchets_the_base_rtt_up() {
+        // 100 Mbit/s over 20 ms, driven flat out for 10 s: the tunnel's own
+        // queue raises the RTT up to twice the base, again and again.
+        let rate = 12_500_000;
+        let rtt = Duration::from_millis(20);
+        let (cc, goodput, max_queue) = Path {
+            paced: true,
+            steps: 200_000,
+            ..Path::new(rate, rtt)
+        }
+        .run();
+        assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
+        let bdp = rate * 20 / 1000;
+        assert!(
+            cc.window() <= 3 * bdp,
+            "window {} vs BDP {bdp}",
+            cc.window()
+        );
+        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
+        assert!(
+            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
+            "base RTT {:?}",
+            cc.base_rtt()
         );
     }
 
