@@ -10,9 +10,12 @@
 //! second of traffic (so a stalled receiver, common on a busy host, does not
 //! talk it down within a few RTTs, and a flow after an idle spell starts at
 //! the rate the path last had, not from the initial window: 200 Mbit/s of
-//! UDP lost 5-8 % of a 3 s run to that ramp). Loss alone never shrinks it; quinn paces at the
-//! window per RTT, so the queue the tunnel adds at a bottleneck stays near
-//! one BDP (or near the initial window, on a path whose BDP is smaller).
+//! UDP lost 5-8 % of a 3 s run to that ramp). Idle time advances that second
+//! by two sample intervals per keepalive (one a second), so the maximum
+//! outlives some 25 s of idle on a 20 ms path and 2 s on a 250 ms one. Loss
+//! alone never shrinks the window; quinn paces at the window per RTT, so the
+//! queue the tunnel adds at a bottleneck stays near one BDP (or near the
+//! floor below, on a path whose BDP is smaller).
 //!
 //! The RTT in that product is the path's base RTT, which the controller keeps
 //! itself rather than taking quinn's lifetime minimum: when the path's RTT
@@ -22,22 +25,27 @@
 //! last, and the tunnel would ratchet down to its minimum window. Measured:
 //! a connection set up at 0.1 ms whose path then took 24 ms fell to 5 KiB and
 //! 2 Mbit/s. So when every sample over a probe period is above twice the
-//! base, the path may have changed. But the tunnel's own queue at a
-//! bottleneck doubles the RTT too (two BDPs in flight leave one queued;
-//! measured, the base then climbed 21, 45, 72, 151 ms at 100 Mbit/s and the
-//! window with it). A rise the bytes in flight do not explain (they would
-//! drain at the bandwidth sooner) is a new path at once, whose minimum
-//! becomes the base. One they do explain is looked at, as BBR's ProbeRTT
-//! does: the window drops to one BDP, which still fills the path, for a few
-//! round trips. If the RTT falls back, it was a queue; if not, a new path.
-//! (Without that look, a queue re-learned as the base grows the window,
-//! whose queue is re-learned in turn; and a route change of 2 to 2.5 times
-//! with the window full looks exactly like a queue.)
+//! base (at least 2 ms, the least RTT the window is sized for), and the
+//! window or the pacer held something back meanwhile, the path may have
+//! changed. But the tunnel's own queue at a bottleneck doubles the RTT too
+//! (two BDPs in flight leave one queued; measured, the base then climbed 21,
+//! 45, 72, 151 ms at 100 Mbit/s and the window with it), and so does a path
+//! whose rate fell under a window sized for the old rate. So the controller
+//! looks, as BBR's ProbeRTT does: the window drops to one BDP at the rate
+//! the period delivered, which still fills the path, for up to three raised
+//! RTTs. If the RTT falls back, it was a queue and the window is restored;
+//! if not, the path changed and its lowest RTT becomes the base. (Without
+//! that look, a queue re-learned as the base grows the window, whose queue
+//! is re-learned in turn; and a route change of 2 to 2.5 times with the
+//! window full looks exactly like a queue.)
 //!
-//! The window never drops below the initial window before the path has set
-//! a sample's rate, so that a burst after set-up or an idle second does not
-//! start from 4 packets; once it has, that floor is cut to what drains in
-//! `FLOOR_QUEUE` at the measured rate: 64 KiB is 105 ms of queue at 5 Mbit/s.
+//! Outside a look (and a restart after persistent congestion), the window
+//! never drops below the initial window unless the path has set a sample's
+//! rate within the last second, so that a burst after set-up or an idle
+//! second does not start from 4 packets; when it has, that floor is cut to
+//! what drains in `FLOOR_QUEUE` at the measured rate: 64 KiB is 105 ms of
+//! queue at 5 Mbit/s. (The floor comes back after an idle second while the
+//! bandwidth stays: the window still grows only by what is acknowledged.)
 
 use quinn_proto::congestion::{Controller, ControllerFactory};
 use quinn_proto::RttEstimator;
@@ -59,19 +67,32 @@ const ACTIVE_STEP: u32 = 2;
 const MIN_SAMPLE: Duration = Duration::from_millis(2);
 /// Samples without 25 % growth before start-up ends.
 const FULL_BW_ROUNDS: u32 = 3;
-/// Shortest period over which the RTT must stay high before the base is
-/// re-learned (at least four RTTs of samples are taken too).
+/// Shortest period over which the RTT must stay high before it is looked
+/// at (at least four RTTs of samples are taken too).
 const RTT_PROBE_PERIOD: Duration = Duration::from_millis(250);
-/// An RTT this many times the base is a queue or a longer path.
+/// An RTT this many times the base (at least `MIN_SAMPLE`) is a queue or a
+/// longer path.
 const RTT_RISE_FACTOR: u32 = 2;
-/// A raised RTT up to this many times in-flight over bandwidth is the time
-/// the tunnel's own data takes to drain through the bottleneck: a queue.
-const QUEUE_EXPLAINS: f64 = 1.25;
-/// How long a look at a raised RTT lasts, in raised RTTs: the queue drains
-/// within one, packets sent at the lower window come back within the next.
-const DRAIN_RTTS: u32 = 3;
+/// How long a look at a raised RTT lasts at most, in raised RTTs: the queue
+/// drains within one, packets sent at the lower window come back within the
+/// next.
+const LOOK_RTTS: u32 = 3;
 /// The most queue the initial-window floor may keep at a measured rate.
 const FLOOR_QUEUE: Duration = Duration::from_millis(25);
+
+/// A look at a raised RTT: the window is held at one BDP to see whether the
+/// RTT falls back.
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    until: Instant,
+    window: u64,
+    /// Restored, as far as the model allows, when the look ends.
+    prior_window: u64,
+    /// The lowest RTT seen, and whether the window or the pacer held anything
+    /// back meanwhile (a verdict of "new path" needs that).
+    lowest: Duration,
+    path_limited: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct TunnelCcConfig {
@@ -102,14 +123,13 @@ pub struct TunnelCc {
     window: u64,
     /// The path's base RTT: the lowest seen since the path last changed.
     min_rtt: Option<Duration>,
-    /// The lowest RTT of the current probe period, the most bytes in
-    /// flight during it, and when it began.
+    /// The lowest RTT of the current probe period, the bytes it delivered,
+    /// whether the window or the pacer held anything back, and when it began.
     probe_min_rtt: Duration,
-    probe_max_in_flight: u64,
+    probe_bytes: u64,
+    probe_path_limited: bool,
     probe_start: Instant,
-    /// A look at a raised RTT that in-flight bytes explain: until when the
-    /// window is held at one BDP, and the lowest RTT seen meanwhile.
-    drain: Option<(Instant, Duration)>,
+    look: Option<Look>,
     sample_start: Instant,
     sample_bytes: u64,
     sample_app_limited: bool,
@@ -137,9 +157,10 @@ impl TunnelCc {
             window,
             min_rtt: None,
             probe_min_rtt: Duration::MAX,
-            probe_max_in_flight: 0,
+            probe_bytes: 0,
+            probe_path_limited: false,
             probe_start: now,
-            drain: None,
+            look: None,
             sample_start: now,
             sample_bytes: 0,
             sample_app_limited: false,
@@ -238,10 +259,10 @@ impl TunnelCc {
 
     /// One acknowledged packet, with the RTT the latest ACK measured.
     pub fn on_ack_sample(&mut self, now: Instant, bytes: u64, app_limited: bool, rtt: Duration) {
-        self.track_rtt(now, rtt);
+        self.track_rtt(now, rtt, bytes, app_limited);
         self.sample_bytes += bytes;
         self.sample_app_limited |= app_limited;
-        if self.full_bw || self.drain.is_some() {
+        if self.full_bw || self.look.is_some() {
             // Follow the model, growing at most by what was acknowledged.
             let target = self.target_window(now);
             self.window = target.min(self.window + bytes);
@@ -253,72 +274,92 @@ impl TunnelCc {
         }
     }
 
-    fn track_rtt(&mut self, now: Instant, rtt: Duration) {
+    fn track_rtt(&mut self, now: Instant, rtt: Duration, bytes: u64, app_limited: bool) {
         let base = self.min_rtt.map_or(rtt, |m| m.min(rtt));
         self.min_rtt = Some(base);
-        // The window is sized for at least `MIN_SAMPLE`, so below that its
-        // own queue may raise the RTT by more than the base.
         let raised = RTT_RISE_FACTOR * self.sample_interval();
-        if let Some((until, lowest)) = self.drain {
-            let lowest = lowest.min(rtt);
+        if let Some(mut look) = self.look {
+            look.lowest = look.lowest.min(rtt);
+            look.path_limited |= !app_limited;
             if rtt <= raised {
                 tracing::debug!(
                     rtt_ms = rtt.as_secs_f64() * 1e3,
                     "congestion control: the raised RTT was a queue"
                 );
                 self.end_probe(now, None);
-            } else if now >= until {
-                self.end_probe(now, Some(lowest));
+            } else if now >= look.until {
+                // Only a sample the window held back shows the path's RTT;
+                // after an idle spell, a lone delayed ACK decides nothing.
+                self.end_probe(now, look.path_limited.then_some(look.lowest));
             } else {
-                self.drain = Some((until, lowest));
+                self.look = Some(look);
             }
             return;
         }
         self.probe_min_rtt = self.probe_min_rtt.min(rtt);
-        let period = RTT_PROBE_PERIOD.max(4 * self.probe_min_rtt);
-        if now.saturating_duration_since(self.probe_start) < period {
+        self.probe_bytes += bytes;
+        self.probe_path_limited |= !app_limited;
+        let elapsed = now.saturating_duration_since(self.probe_start);
+        if elapsed < RTT_PROBE_PERIOD.max(4 * self.probe_min_rtt) {
             return;
         }
-        if self.probe_min_rtt > raised {
-            let drain_time = match self.bandwidth() {
-                0 => 0.0,
-                bw => self.probe_max_in_flight as f64 / bw as f64,
-            };
-            if self.probe_min_rtt.as_secs_f64() <= QUEUE_EXPLAINS * drain_time {
-                self.drain = Some((now + DRAIN_RTTS * self.probe_min_rtt, Duration::MAX));
-                return;
-            }
-            self.end_probe(now, Some(self.probe_min_rtt));
+        // Keepalives and light traffic (app-limited throughout) cannot tell
+        // a longer path from a delayed ACK, and a window they never fill
+        // does not need resizing.
+        if self.probe_min_rtt > raised && self.probe_path_limited {
+            // The rate the period delivered: the kept maximum may be stale
+            // (the path got slower), and one BDP of it would keep a queue.
+            let delivered =
+                (self.probe_bytes as u128 * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
+            self.look = Some(Look {
+                until: now + LOOK_RTTS * self.probe_min_rtt,
+                window: self.bdp(self.bandwidth().min(delivered)),
+                prior_window: self.window,
+                lowest: Duration::MAX,
+                path_limited: false,
+            });
             return;
         }
         self.end_probe(now, None);
     }
 
-    /// Ends a probe period (and any look at a raised RTT); `relearned`: the
-    /// path's RTT rose to that for good.
+    /// Ends a probe period and any look; `relearned`: the path's RTT rose
+    /// to that for good.
     fn end_probe(&mut self, now: Instant, relearned: Option<Duration>) {
         if let (Some(new), Some(old)) = (relearned, self.min_rtt) {
             tracing::debug!(
                 old_ms = old.as_secs_f64() * 1e3,
                 new_ms = new.as_secs_f64() * 1e3,
-                looked = self.drain.is_some(),
                 "congestion control: the path's RTT rose, re-learning it"
             );
             self.min_rtt = Some(new);
         }
-        self.drain = None;
+        if let Some(look) = self.look.take() {
+            self.window = self
+                .window
+                .max(look.prior_window.min(self.target_window(now)));
+        }
         self.probe_min_rtt = Duration::MAX;
-        self.probe_max_in_flight = 0;
+        self.probe_bytes = 0;
+        self.probe_path_limited = false;
         self.probe_start = now;
     }
 
+    /// One BDP at `rate`, within the window's bounds.
+    fn bdp(&self, rate: u64) -> u64 {
+        let rtt = self.sample_interval();
+        let bdp = (rate as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
+        bdp.max(min_window(self.mtu)).min(self.config.max_window)
+    }
+
     fn target_window(&self, now: Instant) -> u64 {
+        if let Some(look) = &self.look {
+            return look.window;
+        }
         let rtt = self.sample_interval();
         let bdp = (self.bandwidth() as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
         let least = min_window(self.mtu);
-        if self.drain.is_some() {
-            return bdp.clamp(least, self.config.max_window);
-        }
+        // Wall time, unlike the bandwidth: see the module's last paragraph.
         let path_set_rate = self
             .path_set_rate_at
             .is_some_and(|at| now.saturating_duration_since(at) <= BW_WINDOW);
@@ -356,11 +397,10 @@ impl Controller for TunnelCc {
     fn on_end_acks(
         &mut self,
         now: Instant,
-        in_flight: u64,
+        _in_flight: u64,
         _app_limited: bool,
         _largest_packet_num_acked: Option<u64>,
     ) {
-        self.probe_max_in_flight = self.probe_max_in_flight.max(in_flight);
         if now.saturating_duration_since(self.sample_start) >= self.sample_interval() {
             self.end_sample(now);
         }
@@ -389,9 +429,10 @@ impl Controller for TunnelCc {
             self.sample_bytes = 0;
             self.min_rtt = None;
             self.probe_min_rtt = Duration::MAX;
-            self.probe_max_in_flight = 0;
+            self.probe_bytes = 0;
+            self.probe_path_limited = false;
             self.probe_start = now;
-            self.drain = None;
+            self.look = None;
             self.path_set_rate_at = None;
         }
     }
@@ -438,6 +479,8 @@ mod tests {
         stall: Option<(Duration, Duration)>,
         /// `(at, rtt)`: the base delay changes to `rtt` at `at` (a new route).
         rtt_change: Option<(Duration, Duration)>,
+        /// `(at, rate)`: the bottleneck's rate changes to `rate` at `at`.
+        rate_change: Option<(Duration, u64)>,
         /// The application offers `app_rate` in lumps this far apart, as
         /// the TCP inside a tunnel does.
         burst: Option<Duration>,
@@ -456,6 +499,7 @@ mod tests {
                 app_rate: None,
                 stall: None,
                 rtt_change: None,
+                rate_change: None,
                 burst: None,
                 paced: false,
                 steps: 40_000,
@@ -543,6 +587,10 @@ mod tests {
                 let stalled = stall.is_some_and(|(period, length)| {
                     (tick * step).as_nanos() % period.as_nanos() < length.as_nanos()
                 });
+                let rate = match self.rate_change {
+                    Some((at, r)) if tick * step >= at => r,
+                    _ => rate,
+                };
                 if !stalled {
                     link_credit += rate as f64 * tick.as_secs_f64();
                 }
@@ -708,59 +756,62 @@ mod tests {
     }
 
     /// Feeds `cc` `ms` milliseconds of ACKs at `rate` bytes/s, each with
-    /// round trip `rtt`, with `in_flight` bytes outstanding.
+    /// round trip `rtt`.
     fn acks(
         cc: &mut TunnelCc,
         now: &mut Instant,
         ms: u32,
         (rate, app_limited): (u64, bool),
         rtt: Duration,
-        in_flight: u64,
     ) {
         for _ in 0..ms {
             *now += Duration::from_millis(1);
             cc.on_ack_sample(*now, rate / 1000, app_limited, rtt);
-            cc.on_end_acks(*now, in_flight, app_limited, None);
+            cc.on_end_acks(*now, 0, app_limited, None);
         }
     }
 
     #[test]
-    fn an_rtt_rise_the_bytes_in_flight_explain_is_looked_at_before_it_is_believed() {
-        // 100 Mbit/s over 20 ms, then 45 ms with 560 KB in flight: the
-        // tunnel's own data draining through the bottleneck (a 100 Mbit/s
-        // token bucket with 25 ms of queue, as measured), or a longer path.
+    fn a_raised_rtt_is_looked_at_before_it_is_believed() {
+        // 100 Mbit/s over 20 ms, then 45 ms: the tunnel's own data draining
+        // through the bottleneck (a 100 Mbit/s token bucket with 25 ms of
+        // queue, as measured), or a longer path.
         let rate = 12_500_000;
         let bdp = rate * 20 / 1000;
         let base = Duration::from_millis(20);
         let raised = Duration::from_millis(45);
         let mut now = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
-        acks(&mut cc, &mut now, 1000, (rate, false), base, 250_000);
-        acks(&mut cc, &mut now, 300, (rate, false), raised, 560_000);
+        acks(&mut cc, &mut now, 1000, (rate, false), base);
+        let before = cc.window();
+        acks(&mut cc, &mut now, 300, (rate, false), raised);
         assert_eq!(cc.base_rtt(), Some(base), "a queue taken for a longer path");
         assert!(cc.window() <= bdp, "window {} while looking", cc.window());
         // At one BDP in flight the RTT falls back: it was a queue, and the
-        // window regrows.
-        acks(&mut cc, &mut now, 100, (rate, false), base, bdp);
+        // window is what it was.
+        acks(&mut cc, &mut now, 1, (rate, false), base);
         assert_eq!(cc.base_rtt(), Some(base));
-        assert!(cc.window() >= 2 * bdp, "window {}", cc.window());
+        assert_eq!(cc.window(), before);
         // A rise that stays while the window is down is a longer path.
-        acks(&mut cc, &mut now, 500, (rate, false), raised, 560_000);
-        acks(&mut cc, &mut now, 200, (rate, false), raised, bdp);
+        acks(&mut cc, &mut now, 600, (rate, false), raised);
         assert_eq!(cc.base_rtt(), Some(raised));
-        // The same rise with 100 KB in flight is a longer path at once.
+    }
+
+    #[test]
+    fn keepalives_after_a_burst_do_not_move_the_base_rtt() {
+        // quinn delays the ACK of a lone packet by up to 25 ms: an idle
+        // tunnel's keepalives come back late, and say nothing of the path.
+        let rate = 12_500_000;
+        let base = Duration::from_millis(20);
         let mut now = Instant::now();
-        let mut moved = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
-        acks(&mut moved, &mut now, 1000, (rate, false), base, 250_000);
-        acks(
-            &mut moved,
-            &mut now,
-            600,
-            (rate / 5, false),
-            raised,
-            100_000,
-        );
-        assert_eq!(moved.base_rtt(), Some(raised));
+        let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
+        acks(&mut cc, &mut now, 1000, (rate, false), base);
+        for _ in 0..5 {
+            now += Duration::from_secs(1);
+            cc.on_ack_sample(now, 60, true, base + Duration::from_millis(25));
+            cc.on_end_acks(now, 0, true, None);
+        }
+        assert_eq!(cc.base_rtt(), Some(base));
     }
 
     #[test]
@@ -798,7 +849,7 @@ mod tests {
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
         let keepalives = (20_000, true);
         let rtt = Duration::from_millis(20);
-        acks(&mut cc, &mut now, 500, keepalives, rtt, 100);
+        acks(&mut cc, &mut now, 500, keepalives, rtt);
         assert!(!cc.in_startup(), "keepalives did not end start-up");
         assert!(
             cc.window() >= TunnelCcConfig::default().initial_window,
@@ -854,6 +905,37 @@ mod tests {
     }
 
     #[test]
+    fn a_path_whose_rate_halves_keeps_its_base_rtt_and_no_lasting_queue() {
+        // 100 Mbit/s, then 50, over 20 ms with a deep buffer: the window
+        // sized for the old rate fills the buffer until that rate expires,
+        // and the RTT it raises is the tunnel's queue, not a longer path.
+        let rtt = Duration::from_millis(20);
+        let new_rate = 6_250_000;
+        let (cc, goodput, max_queue) = Path {
+            rate_change: Some((Duration::from_secs(1), new_rate)),
+            steps: 160_000,
+            ..Path::new(12_500_000, rtt)
+        }
+        .run();
+        assert!(
+            goodput > new_rate * 9 / 10,
+            "goodput {goodput} of {new_rate}"
+        );
+        let bdp = new_rate * 20 / 1000;
+        assert!(
+            cc.window() <= 3 * bdp,
+            "window {} vs BDP {bdp}",
+            cc.window()
+        );
+        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
+        assert!(
+            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
+            "base RTT {:?}",
+            cc.base_rtt()
+        );
+    }
+
+    #[test]
     fn a_bottleneck_queue_never_ratchets_the_base_rtt_up() {
         // 100 Mbit/s over 20 ms, driven flat out for 10 s: the tunnel's own
         // queue raises the RTT up to twice the base, again and again.
@@ -889,14 +971,14 @@ mod tests {
         let bdp = rate * 20 / 1000;
         let mut now = Instant::now();
         let mut cc = TunnelCc::new(TunnelCcConfig::default(), now, 1400);
-        acks(&mut cc, &mut now, 1000, (rate, false), rtt, bdp);
+        acks(&mut cc, &mut now, 1000, (rate, false), rtt);
         assert!(cc.window() >= 2 * bdp * 9 / 10, "window {}", cc.window());
         for _ in 0..2 {
             now += Duration::from_secs(1);
             cc.on_ack_sample(now, 60, true, rtt);
             cc.on_end_acks(now, 0, true, None);
         }
-        acks(&mut cc, &mut now, 5, (rate, true), rtt, 0);
+        acks(&mut cc, &mut now, 5, (rate, true), rtt);
         assert!(
             cc.bandwidth() >= rate * 9 / 10,
             "bandwidth {}",
