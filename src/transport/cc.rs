@@ -858,6 +858,30 @@ mod tests {
         );
     }
 
+    /// What a run at `rate` over `rtt` should end with: 90 % of the rate, a
+    /// window of at most 3 BDPs and a queue of at most 2, and the real base.
+    fn assert_near_the_model(
+        cc: &TunnelCc,
+        goodput: u64,
+        max_queue: u64,
+        rate: u64,
+        rtt: Duration,
+    ) {
+        assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
+        let bdp = (rate as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
+        assert!(
+            cc.window() <= 3 * bdp,
+            "window {} vs BDP {bdp}",
+            cc.window()
+        );
+        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
+        assert!(
+            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
+            "base RTT {:?}",
+            cc.base_rtt()
+        );
+    }
+
     #[test]
     fn a_slow_path_keeps_no_standing_queue_of_the_initial_window() {
         // 5 Mbit/s over 20 ms: a BDP of 12.5 KB. Held at the 64 KiB initial
@@ -870,19 +894,7 @@ mod tests {
             ..Path::new(rate, rtt)
         }
         .run();
-        assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
-        let bdp = rate * 20 / 1000;
-        assert!(
-            cc.window() <= 3 * bdp,
-            "window {} vs BDP {bdp}",
-            cc.window()
-        );
-        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
-        assert!(
-            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
-            "base RTT {:?}",
-            cc.base_rtt()
-        );
+        assert_near_the_model(&cc, goodput, max_queue, rate, rtt);
     }
 
     #[test]
@@ -917,22 +929,7 @@ mod tests {
             ..Path::new(12_500_000, rtt)
         }
         .run();
-        assert!(
-            goodput > new_rate * 9 / 10,
-            "goodput {goodput} of {new_rate}"
-        );
-        let bdp = new_rate * 20 / 1000;
-        assert!(
-            cc.window() <= 3 * bdp,
-            "window {} vs BDP {bdp}",
-            cc.window()
-        );
-        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
-        assert!(
-            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
-            "base RTT {:?}",
-            cc.base_rtt()
-        );
+        assert_near_the_model(&cc, goodput, max_queue, new_rate, rtt);
     }
 
     #[test]
@@ -947,19 +944,7 @@ mod tests {
             ..Path::new(rate, rtt)
         }
         .run();
-        assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
-        let bdp = rate * 20 / 1000;
-        assert!(
-            cc.window() <= 3 * bdp,
-            "window {} vs BDP {bdp}",
-            cc.window()
-        );
-        assert!(max_queue * 1400 <= 2 * bdp, "queue {max_queue} packets");
-        assert!(
-            cc.base_rtt().is_some_and(|r| r < rtt * 3 / 2),
-            "base RTT {:?}",
-            cc.base_rtt()
-        );
+        assert_near_the_model(&cc, goodput, max_queue, rate, rtt);
     }
 
     #[test]
