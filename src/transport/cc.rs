@@ -207,7 +207,7 @@ impl TunnelCc {
             return;
         }
         let elapsed = now.saturating_duration_since(self.sample_start);
-        let rate = (self.sample_bytes as u128 * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
+        let rate = rate_of(self.sample_bytes, elapsed);
         self.active += elapsed.min(ACTIVE_STEP * self.sample_interval());
         let active = self.active;
         while self
@@ -319,8 +319,7 @@ impl TunnelCc {
         if self.probe_min_rtt > raised && self.probe_path_limited {
             // The rate the period delivered: the kept maximum may be stale
             // (the path got slower), and one BDP of it would keep a queue.
-            let delivered =
-                (self.probe_bytes as u128 * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64;
+            let delivered = rate_of(self.probe_bytes, elapsed);
             self.look = Some(Look {
                 until: now + LOOK_RTTS * self.probe_min_rtt,
                 window: self.bdp(self.bandwidth().min(delivered)),
@@ -365,25 +364,23 @@ impl TunnelCc {
 
     /// One BDP at `rate`, within the window's bounds.
     fn bdp(&self, rate: u64) -> u64 {
-        let rtt = self.sample_interval();
-        let bdp = (rate as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
-        bdp.max(min_window(self.mtu)).min(self.config.max_window)
+        bytes_in(rate, self.sample_interval())
+            .max(min_window(self.mtu))
+            .min(self.config.max_window)
     }
 
     fn target_window(&self, now: Instant) -> u64 {
         if let Some(look) = &self.look {
             return look.window;
         }
-        let rtt = self.sample_interval();
-        let bdp = (self.bandwidth() as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
+        let bdp = bytes_in(self.bandwidth(), self.sample_interval());
         let least = min_window(self.mtu);
         let initial = self.config.initial_window.max(least);
         // Cut only for a queue seen: a bandwidth estimate low for want of
         // traffic (pings, a flow's first sample) must not shrink a LAN
         // path's window to a few packets.
         let floor = if self.queue_seen && self.path_set_rate(now) {
-            let drains = (self.bandwidth() as u128 * FLOOR_QUEUE.as_nanos() / 1_000_000_000) as u64;
-            initial.min(drains.max(least))
+            initial.min(bytes_in(self.bandwidth(), FLOOR_QUEUE).max(least))
         } else {
             initial
         };
@@ -393,6 +390,16 @@ impl TunnelCc {
 
 fn min_window(mtu: u64) -> u64 {
     4 * mtu
+}
+
+/// Bytes per second for `bytes` over `elapsed`.
+fn rate_of(bytes: u64, elapsed: Duration) -> u64 {
+    (bytes as u128 * 1_000_000_000 / elapsed.as_nanos().max(1)) as u64
+}
+
+/// Bytes that `rate` (bytes per second) moves in `d`.
+fn bytes_in(rate: u64, d: Duration) -> u64 {
+    (rate as u128 * d.as_nanos() / 1_000_000_000) as u64
 }
 
 impl Controller for TunnelCc {
@@ -886,7 +893,7 @@ mod tests {
         rtt: Duration,
     ) {
         assert!(goodput > rate * 9 / 10, "goodput {goodput} of {rate}");
-        let bdp = (rate as u128 * rtt.as_nanos() / 1_000_000_000) as u64;
+        let bdp = bytes_in(rate, rtt);
         assert!(
             cc.window() <= 3 * bdp,
             "window {} vs BDP {bdp}",
