@@ -44,10 +44,9 @@
 //! idle second does not start from 4 packets, unless a look has found the
 //! tunnel's own queue while the path set the rate (within the last second):
 //! then that floor is cut to what drains in `FLOOR_QUEUE` at the measured
-//! rate, since 64 KiB is 105 ms of queue at 5 Mbit/s. With the floor cut on
-//! the estimate alone (which pings or a flow's first samples keep low), two
-//! CI runs of a LAN test sending 40 Mbit/s of UDP through 5 % wire loss
-//! delivered 88-90 % instead of 99.7-100 %. (The floor comes back after an idle second while the
+//! rate, since 64 KiB is 105 ms of queue at 5 Mbit/s. Cut on the estimate
+//! alone (which pings or a flow's first samples keep low), it would shrink
+//! a LAN path's window to a few packets with no queue to show for it. (The floor comes back after an idle second while the
 //! bandwidth stays: the window still grows only by what is acknowledged.)
 
 use quinn_proto::congestion::{Controller, ControllerFactory};
