@@ -228,11 +228,12 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
             );
             let _ = writeln!(
                 o,
-                "  {:<16} loss hiding: {} holes, {} recovered, {} lost; {} resent for it, {} asked too late",
+                "  {:<16} loss hiding: {} holes, {} recovered, {} lost, {} came twice or too late; {} resent for it, {} asked too late",
                 "",
                 get(p, &["stats", "arq_holes"]),
                 get(p, &["stats", "arq_recovered"]),
                 get(p, &["stats", "arq_lost"]),
+                get(p, &["stats", "arq_duplicates"]),
                 get(p, &["stats", "arq_resent"]),
                 get(p, &["stats", "arq_expired"]),
             );
@@ -261,8 +262,8 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
         );
         let _ = writeln!(
             o,
-            "  loss hiding: {} holes, {} recovered, {} lost; {} resent, {} asked too late; {} TCP packets held in order, {} holes passed over",
-            d["arq_holes"], d["arq_recovered"], d["arq_lost"], d["arq_resent"], d["arq_expired"], d["hold_held"], d["hold_passed_over"]
+            "  loss hiding: {} holes, {} recovered, {} lost, {} came twice or too late; {} resent, {} asked too late; {} TCP packets held in order, {} holes passed over",
+            d["arq_holes"], d["arq_recovered"], d["arq_lost"], d["arq_duplicates"], d["arq_resent"], d["arq_expired"], d["hold_held"], d["hold_passed_over"]
         );
     }
     let _ = writeln!(o, "\ncounters:");

@@ -24,7 +24,7 @@ const MIN_NACK_RTT: Duration = Duration::from_millis(1);
 
 /// What loss hiding did: holes in what the peer sent, holes filled by a late
 /// or resent packet, holes given up (the inner flows see these as losses),
-/// packets resent on the peer's request, requests for packets no longer
+/// packets that came after their hole was filled or given up, packets resent on the peer's request, requests for packets no longer
 /// kept, packets that waited in order behind a hole, and holes passed over
 /// because that wait ran out.
 #[derive(Debug, Default, Serialize)]
@@ -32,6 +32,7 @@ pub struct LossCounters {
     pub arq_holes: AtomicU64,
     pub arq_recovered: AtomicU64,
     pub arq_lost: AtomicU64,
+    pub arq_duplicates: AtomicU64,
     pub arq_resent: AtomicU64,
     pub arq_expired: AtomicU64,
     pub hold_held: AtomicU64,
@@ -40,11 +41,12 @@ pub struct LossCounters {
 
 impl LossCounters {
     /// (event label, counter) pairs, as the metrics module exports them.
-    pub fn events(&self) -> [(&'static str, &AtomicU64); 7] {
+    pub fn events(&self) -> [(&'static str, &AtomicU64); 8] {
         [
             ("hole", &self.arq_holes),
             ("recovered", &self.arq_recovered),
             ("lost", &self.arq_lost),
+            ("duplicate", &self.arq_duplicates),
             ("resent", &self.arq_resent),
             ("expired", &self.arq_expired),
             ("held", &self.hold_held),
@@ -169,9 +171,13 @@ impl LinkReceiver {
     }
 
     /// Parses a datagram; a data packet's number counts as received.
-    pub fn classify<'a>(&mut self, datagram: &'a [u8]) -> Result<Incoming<'a>, ArqError> {
+    pub fn classify<'a>(
+        &mut self,
+        datagram: &'a [u8],
+        now: Instant,
+    ) -> Result<Incoming<'a>, ArqError> {
         Ok(match Frame::parse(datagram)? {
-            Frame::Data { seq, .. } if self.holes.on_data(seq) == Verdict::Duplicate => {
+            Frame::Data { seq, .. } if self.holes.on_data(seq, now) == Verdict::Duplicate => {
                 Incoming::Duplicate
             }
             Frame::Data { seq, packet } => Incoming::Data { seq, packet },
@@ -233,6 +239,7 @@ impl LinkReceiver {
         bump(&c.arq_holes, seen.0.holes - was.0.holes);
         bump(&c.arq_recovered, seen.0.recovered - was.0.recovered);
         bump(&c.arq_lost, seen.0.lost - was.0.lost);
+        bump(&c.arq_duplicates, seen.0.duplicates - was.0.duplicates);
         bump(&c.hold_held, seen.1.held - was.1.held);
         bump(&c.hold_passed_over, seen.1.passed_over - was.1.passed_over);
         self.reported = seen;

@@ -119,10 +119,42 @@ pub fn check_udp_loss_hidden(ov: &Overlay, pct: u32, path: &str) {
         ov,
         share >= 0.985,
         &format!(
-            "only {:.2} % of the datagrams arrived over the {path} through {pct} % wire loss",
-            share * 100.0
+            "only {:.2} % of the datagrams arrived over the {path} through {pct} % wire loss\n{}",
+            share * 100.0,
+            where_packets_went(ov)
         ),
     );
+}
+
+/// Every place between two hosts that counts a lost packet: each namespace's
+/// UDP buffer errors, the links' drops, and each site's own drop and
+/// loss-hiding counters.
+pub fn where_packets_went(ov: &Overlay) -> String {
+    let mut out = String::new();
+    for s in &ov.sites {
+        for ns in [&s.host_ns, &s.site_ns] {
+            let udp = ns
+                .exec(&[
+                    "nstat",
+                    "-asz",
+                    "UdpRcvbufErrors",
+                    "UdpSndbufErrors",
+                    "Udp6RcvbufErrors",
+                    "Udp6SndbufErrors",
+                    "UdpInErrors",
+                    "Udp6InErrors",
+                ])
+                .unwrap_or_else(|e| e.to_string());
+            let links = ns
+                .exec(&["ip", "-s", "-o", "link"])
+                .unwrap_or_else(|e| e.to_string());
+            out.push_str(&format!("== {}\n{udp}{links}\n", ns.name()));
+        }
+        if let Some(st) = ov.status(s.index) {
+            out.push_str(&format!("== {} status\n{st}\n", s.name));
+        }
+    }
+    out
 }
 
 /// Sends `total` numbered 1000-byte UDP datagrams from site `a`'s host to
