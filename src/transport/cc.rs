@@ -81,6 +81,8 @@ const RTT_RISE_FACTOR: u32 = 2;
 const LOOK_RTTS: u32 = 3;
 /// The most queue the initial-window floor may keep at a measured rate.
 const FLOOR_QUEUE: Duration = Duration::from_millis(25);
+/// The most ACK lag the window makes room for.
+const MAX_ACK_LAG: Duration = Duration::from_millis(50);
 
 /// A look at a raised RTT: the window is held at one BDP to see whether the
 /// RTT falls back.
@@ -131,6 +133,14 @@ pub struct TunnelCc {
     probe_bytes: u64,
     probe_path_limited: bool,
     probe_start: Instant,
+    /// The RTT samples of the current probe period, summed, and how many.
+    probe_rtt_sum: Duration,
+    probe_rtt_samples: u32,
+    /// How far the mean RTT of the last probe period sat above its lowest
+    /// while no queue of the tunnel's own was seen: the receiver's ACKs
+    /// running late, as on a host short of CPU. The window makes room for
+    /// that much more data than the model's.
+    ack_lag: Duration,
     look: Option<Look>,
     sample_start: Instant,
     sample_bytes: u64,
@@ -165,6 +175,9 @@ impl TunnelCc {
             probe_bytes: 0,
             probe_path_limited: false,
             probe_start: now,
+            probe_rtt_sum: Duration::ZERO,
+            probe_rtt_samples: 0,
+            ack_lag: Duration::ZERO,
             look: None,
             sample_start: now,
             sample_bytes: 0,
@@ -308,6 +321,8 @@ impl TunnelCc {
         self.probe_min_rtt = self.probe_min_rtt.min(rtt);
         self.probe_bytes += bytes;
         self.probe_path_limited |= !app_limited;
+        self.probe_rtt_sum += rtt;
+        self.probe_rtt_samples += 1;
         let elapsed = now.saturating_duration_since(self.probe_start);
         if elapsed < RTT_PROBE_PERIOD.max(4 * self.probe_min_rtt) {
             return;
@@ -319,6 +334,7 @@ impl TunnelCc {
             // The rate the period delivered: the kept maximum may be stale
             // (the path got slower), and one BDP of it would keep a queue.
             let delivered = rate_of(self.probe_bytes, elapsed);
+            self.ack_lag = Duration::ZERO;
             self.look = Some(Look {
                 until: now + LOOK_RTTS * self.probe_min_rtt,
                 window: self.bdp(self.bandwidth().min(delivered)),
@@ -328,6 +344,15 @@ impl TunnelCc {
             });
             return;
         }
+        // A queue of the tunnel's own lags every ACK alike, so its mean
+        // stays near its lowest; and once a look has found one, the window
+        // must not grow with it.
+        self.ack_lag = if self.queue_seen {
+            Duration::ZERO
+        } else {
+            let mean = self.probe_rtt_sum / self.probe_rtt_samples.max(1);
+            mean.saturating_sub(self.probe_min_rtt).min(MAX_ACK_LAG)
+        };
         self.end_probe(now, None);
     }
 
@@ -351,6 +376,8 @@ impl TunnelCc {
         self.probe_bytes = 0;
         self.probe_path_limited = false;
         self.probe_start = now;
+        self.probe_rtt_sum = Duration::ZERO;
+        self.probe_rtt_samples = 0;
     }
 
     /// Whether a sample ran into the window or the pacer within the last
@@ -383,7 +410,9 @@ impl TunnelCc {
         } else {
             initial
         };
-        (WINDOW_GAIN * bdp).clamp(floor.min(self.config.max_window), self.config.max_window)
+        let lagging = bytes_in(self.bandwidth(), self.ack_lag);
+        (WINDOW_GAIN * bdp + lagging)
+            .clamp(floor.min(self.config.max_window), self.config.max_window)
     }
 }
 
@@ -455,6 +484,9 @@ impl Controller for TunnelCc {
             self.probe_bytes = 0;
             self.probe_path_limited = false;
             self.probe_start = now;
+            self.probe_rtt_sum = Duration::ZERO;
+            self.probe_rtt_samples = 0;
+            self.ack_lag = Duration::ZERO;
             self.look = None;
             self.path_set_rate_at = None;
             self.queue_seen = false;
@@ -501,6 +533,13 @@ mod tests {
         /// `(period, length)`: the bottleneck stops for `length` every
         /// `period`, like a receiver that loses its CPU.
         stall: Option<(Duration, Duration)>,
+        /// Packets are acknowledged this long after they arrive, but one in
+        /// 50 at once: a receiving process that waits for a CPU on a busy
+        /// host, the path itself still as short as ever.
+        ack_delay: Option<Duration>,
+        /// Bytes offered but not yet sent that the sender keeps (quinn's
+        /// datagram send buffer); more is dropped. `None`: all of it.
+        app_buffer: Option<u64>,
         /// `(at, rtt)`: the base delay changes to `rtt` at `at` (a new route).
         rtt_change: Option<(Duration, Duration)>,
         /// `(at, rate)`: the bottleneck's rate changes to `rate` at `at`.
@@ -522,6 +561,8 @@ mod tests {
                 loss: 0.0,
                 app_rate: None,
                 stall: None,
+                ack_delay: None,
+                app_buffer: None,
                 rtt_change: None,
                 rate_change: None,
                 burst: None,
@@ -566,6 +607,10 @@ mod tests {
             // Packets waiting at the bottleneck, then in propagation: (ready time, sent time).
             let mut queue: VecDeque<Instant> = VecDeque::new();
             let mut wire: VecDeque<(Instant, Instant)> = VecDeque::new();
+            // Arrived packets whose ACK the receiver holds back, and those it sends now.
+            let mut late: VecDeque<(Instant, Instant)> = VecDeque::new();
+            let mut due: Vec<Instant> = Vec::new();
+            let mut arrived = 0u64;
             let mut link_credit = 0f64;
             let mut app_credit = 0f64;
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -602,6 +647,9 @@ mod tests {
                 if app_credit.is_infinite() {
                     app_credit = 0.0;
                 }
+                if let Some(b) = self.app_buffer {
+                    app_credit = app_credit.min(b as f64);
+                }
                 // As quinn says: app-limited when everything offered went out.
                 let limited = app_rate.is_some() && app_credit < packet as f64;
                 if step > steps / 2 {
@@ -634,6 +682,16 @@ mod tests {
                     let Some((_, sent)) = wire.pop_front() else {
                         break;
                     };
+                    arrived += 1;
+                    match self.ack_delay {
+                        Some(d) if arrived % 50 != 0 => late.push_back((now + d, sent)),
+                        _ => due.push(sent),
+                    }
+                }
+                while late.front().is_some_and(|(t, _)| *t <= now) {
+                    due.extend(late.pop_front().map(|(_, sent)| sent));
+                }
+                for sent in due.drain(..) {
                     in_flight -= packet;
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
@@ -709,6 +767,28 @@ mod tests {
         }
         .run();
         assert!(goodput > rate / 2, "goodput {goodput} of {}", rate * 5 / 8);
+    }
+
+    #[test]
+    fn late_acks_do_not_hold_an_offered_rate_back() {
+        // 40 Mbit/s offered over a 1 Gbit/s, 0.5 ms path whose receiver,
+        // short of CPU, acknowledges each packet up to 40 ms late: the
+        // window must carry what is sent meanwhile, or the send buffer
+        // overflows.
+        let offered = 5_000_000;
+        let (cc, goodput, _) = Path {
+            app_rate: Some(offered),
+            ack_delay: Some(Duration::from_millis(20)),
+            app_buffer: Some(256 * 1024),
+            steps: 100_000,
+            ..Path::new(125_000_000, Duration::from_micros(500))
+        }
+        .run();
+        assert!(
+            goodput > offered * 99 / 100,
+            "goodput {goodput} of {offered}, window {}",
+            cc.window()
+        );
     }
 
     #[test]
