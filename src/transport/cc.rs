@@ -684,7 +684,7 @@ mod tests {
                     };
                     arrived += 1;
                     match self.ack_delay {
-                        Some(d) if arrived % 50 != 0 => late.push_back((now + d, sent)),
+                        Some(d) if !arrived.is_multiple_of(50) => late.push_back((now + d, sent)),
                         _ => due.push(sent),
                     }
                 }
