@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(16) {
         match Frame::parse(chunk) {
             Ok(Frame::Data { seq, .. }) => {
-                rx.on_data(seq, now);
+                rx.on_data(seq);
             }
             Ok(Frame::Nack(ranges)) => {
                 let mut out = Vec::new();

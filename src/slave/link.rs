@@ -171,13 +171,9 @@ impl LinkReceiver {
     }
 
     /// Parses a datagram; a data packet's number counts as received.
-    pub fn classify<'a>(
-        &mut self,
-        datagram: &'a [u8],
-        now: Instant,
-    ) -> Result<Incoming<'a>, ArqError> {
+    pub fn classify<'a>(&mut self, datagram: &'a [u8]) -> Result<Incoming<'a>, ArqError> {
         Ok(match Frame::parse(datagram)? {
-            Frame::Data { seq, .. } if self.holes.on_data(seq, now) == Verdict::Duplicate => {
+            Frame::Data { seq, .. } if self.holes.on_data(seq) == Verdict::Duplicate => {
                 Incoming::Duplicate
             }
             Frame::Data { seq, packet } => Incoming::Data { seq, packet },

@@ -39,6 +39,14 @@
 //! is re-learned in turn; and a route change of 2 to 2.5 times with the
 //! window full looks exactly like a queue.)
 //!
+//! A receiver short of CPU acknowledges late while the path stays as short
+//! as ever: the lowest RTT of a probe period stays at the base, the mean
+//! does not. The window then grows by the bandwidth times the part of that
+//! lag its second BDP does not cover (up to `MAX_ACK_LAG`), unless a look
+//! has found the tunnel's own queue. Measured: a 40 Mbit/s flow on a LAN
+//! path under CPU load was held to 64 KiB per 15-30 ms round trip and
+//! overflowed its send buffer.
+//!
 //! Outside a look (and a restart after persistent congestion), the window
 //! never drops below the initial window, so that a burst after set-up or an
 //! idle second does not start from 4 packets, unless a look has found the
@@ -139,7 +147,7 @@ pub struct TunnelCc {
     /// How far the mean RTT of the last probe period sat above its lowest
     /// while no queue of the tunnel's own was seen: the receiver's ACKs
     /// running late, as on a host short of CPU. The window makes room for
-    /// that much more data than the model's.
+    /// what of it the model's second BDP does not already cover.
     ack_lag: Duration,
     look: Option<Look>,
     sample_start: Instant,
@@ -410,7 +418,10 @@ impl TunnelCc {
         } else {
             initial
         };
-        let lagging = bytes_in(self.bandwidth(), self.ack_lag);
+        let lagging = bytes_in(
+            self.bandwidth(),
+            self.ack_lag.saturating_sub(self.sample_interval()),
+        );
         (WINDOW_GAIN * bdp + lagging)
             .clamp(floor.min(self.config.max_window), self.config.max_window)
     }

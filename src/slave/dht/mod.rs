@@ -606,7 +606,7 @@ async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ct
                 }
                 continue;
             }
-            let (seq, packet) = match link.classify(&d, now) {
+            let (seq, packet) = match link.classify(&d) {
                 Ok(Incoming::Data { seq, packet }) => (seq, packet),
                 Ok(Incoming::Duplicate) => continue,
                 Ok(Incoming::Nack(ranges)) => {

@@ -343,7 +343,7 @@ async fn receive(
         let (now, rtt) = (Instant::now(), LinkReceiver::rtt(&conn));
         let mut batch = Vec::with_capacity(datagrams.len());
         for d in datagrams {
-            let (seq, packet) = match link.classify(&d, now) {
+            let (seq, packet) = match link.classify(&d) {
                 Ok(Incoming::Data { seq, packet }) => (seq, packet),
                 Ok(Incoming::Duplicate) => continue,
                 Ok(Incoming::Nack(ranges)) => {
