@@ -24,8 +24,9 @@ const MIN_NACK_RTT: Duration = Duration::from_millis(1);
 
 /// What loss hiding did: holes in what the peer sent, holes filled by a late
 /// or resent packet, holes given up (the inner flows see these as losses),
-/// packets that came after their hole was filled or given up, packets resent on the peer's request, requests for packets no longer
-/// kept, packets that waited in order behind a hole, and holes passed over
+/// packets that came after their hole was filled or given up, packets
+/// resent on the peer's request, requests for packets no longer kept,
+/// packets that waited in order behind a hole, and holes passed over
 /// because that wait ran out.
 #[derive(Debug, Default, Serialize)]
 pub struct LossCounters {

@@ -354,13 +354,16 @@ impl TunnelCc {
         }
         // A queue of the tunnel's own lags every ACK alike, so its mean
         // stays near its lowest; and once a look has found one, the window
-        // must not grow with it.
-        self.ack_lag = if self.queue_seen {
-            Duration::ZERO
-        } else {
+        // must not grow with it. Only a period the window or the pacer held
+        // back measures the lag under load (light traffic's ACKs are delayed
+        // on purpose); one that did not keep the last, or the window that
+        // just sufficed would shrink again.
+        if self.queue_seen {
+            self.ack_lag = Duration::ZERO;
+        } else if self.probe_path_limited {
             let mean = self.probe_rtt_sum / self.probe_rtt_samples.max(1);
-            mean.saturating_sub(self.probe_min_rtt).min(MAX_ACK_LAG)
-        };
+            self.ack_lag = mean.saturating_sub(self.probe_min_rtt).min(MAX_ACK_LAG);
+        }
         self.end_probe(now, None);
     }
 
