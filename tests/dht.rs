@@ -5,25 +5,14 @@
 mod common;
 
 use on6::demo::measure_pair;
-use on6::demo::overlay::{Overlay, Routing, MOBILE_HOST};
+use on6::demo::overlay::MOBILE_HOST;
 use on6::netns::{self, IcmpErrorKind, PingOpts, PingOutcome};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn dht(sites: usize) -> on6::demo::overlay::OverlayOptions {
-    let mut o = common::options(sites);
-    o.routing = Routing::Dht { reference: false };
-    o
-}
-
-fn ping_ok(ov: &Overlay, a: usize, b: usize) -> bool {
-    let r = measure_pair(ov, a, b, 3, 1);
-    r.pings_received >= 2
-}
-
 #[test]
 fn six_sites_with_one_bootstrap_peer_each_reach_every_host() {
-    let Some(ov) = common::build("dht_six_sites", dht(6)) else {
+    let Some(ov) = common::build("dht_six_sites", common::dht(6)) else {
         return;
     };
     for a in 0..6 {
@@ -31,7 +20,7 @@ fn six_sites_with_one_bootstrap_peer_each_reach_every_host() {
             if a != b {
                 common::check(
                     &ov,
-                    ping_ok(&ov, a, b),
+                    common::ping_ok(&ov, a, b),
                     &format!("site-{} -> site-{} over the DHT", a + 1, b + 1),
                 );
             }
@@ -54,13 +43,13 @@ fn six_sites_with_one_bootstrap_peer_each_reach_every_host() {
 
 #[test]
 fn dead_site_becomes_unreachable_and_others_are_unaffected() {
-    let mut opts = dht(4);
+    let mut opts = common::dht(4);
     opts.idle_timeout_ms = 2000;
     let Some(mut ov) = common::build("dht_dead_site", opts) else {
         return;
     };
     for b in 1..4 {
-        assert!(ping_ok(&ov, 0, b));
+        assert!(common::ping_ok(&ov, 0, b));
     }
     assert!(ov.kill("site-3"));
     let dst = ov.sites[2].host_addr;
@@ -98,7 +87,7 @@ fn dead_site_becomes_unreachable_and_others_are_unaffected() {
     for (a, b) in [(0, 1), (1, 3), (3, 0)] {
         common::check(
             &ov,
-            ping_ok(&ov, a, b),
+            common::ping_ok(&ov, a, b),
             &format!("site-{} -> site-{} unaffected", a + 1, b + 1),
         );
     }
@@ -106,7 +95,7 @@ fn dead_site_becomes_unreachable_and_others_are_unaffected() {
 
 #[test]
 fn moved_prefix_is_reached_at_its_new_site() {
-    let mut opts = dht(3);
+    let mut opts = common::dht(3);
     opts.mobile = Some(1);
     let Some(mut ov) = common::build("dht_mobility", opts) else {
         return;
@@ -193,7 +182,7 @@ fn moved_prefix_is_reached_at_its_new_site() {
 fn poisoned_entries_never_attract_packets() {
     use on6::pki::{self, Credentials, Role};
     use on6::slave::dht::{keys, p2p, record::SignedEntry};
-    let Some(ov) = common::build("dht_poisoning", dht(3)) else {
+    let Some(ov) = common::build("dht_poisoning", common::dht(3)) else {
         return;
     };
     // A fleet member with a real site certificate for fd6e:0:77::/48 turns rogue.
@@ -300,7 +289,7 @@ fn poisoned_entries_never_attract_packets() {
     for a in [0, 2] {
         common::check(
             &ov,
-            ping_ok(&ov, a, 1),
+            common::ping_ok(&ov, a, 1),
             &format!("site-{} reaches the real site-2", a + 1),
         );
         let r = measure_pair(&ov, a, 1, 1, 1_000_000);
@@ -336,7 +325,7 @@ fn poisoned_entries_never_attract_packets() {
 #[test]
 fn two_dht_overlays_side_by_side_own_their_spaces() {
     use on6::demo::overlay::second_host_addr;
-    let mut opts = dht(3);
+    let mut opts = common::dht(3);
     opts.second_dht = true;
     let Some(ov) = common::build("dht_two_overlays", opts) else {
         return;
@@ -348,7 +337,7 @@ fn two_dht_overlays_side_by_side_own_their_spaces() {
             }
             common::check(
                 &ov,
-                ping_ok(&ov, a, b),
+                common::ping_ok(&ov, a, b),
                 &format!("fd6e space: site-{} -> site-{}", a + 1, b + 1),
             );
             let dst = second_host_addr(b);
@@ -394,28 +383,4 @@ fn two_dht_overlays_side_by_side_own_their_spaces() {
             d[0]
         );
     }
-}
-
-#[test]
-fn wire_loss_is_hidden_on_dht_paths_too() {
-    let Some(ov) = common::build("dht_wire_loss", dht(2)) else {
-        return;
-    };
-    // Resolve and connect first: the loss is about the data path.
-    common::check(&ov, ping_ok(&ov, 0, 1), "site-1 -> site-2 over the DHT");
-    common::wire_loss(&ov, 5);
-    common::check_udp_loss_hidden(&ov, 5, "DHT path");
-    let r = measure_pair(&ov, 0, 1, 0, 10_000_000);
-    common::check(
-        &ov,
-        matches!(r.tcp, Ok((_, true, true))),
-        &format!("TCP through 5 % loss over the DHT path: {:?}", r.tcp.err()),
-    );
-    let st = ov.status(1).unwrap();
-    let d = &st["dhts"][0][1];
-    assert!(d["arq_recovered"].as_u64() > Some(100), "{d}");
-    assert!(
-        d["hold_held"].as_u64() > Some(0),
-        "no TCP packet waited in order: {d}"
-    );
 }

@@ -13,6 +13,18 @@ pub fn options(sites: usize) -> OverlayOptions {
     o
 }
 
+/// Options for sites that find each other through DHT slaves.
+pub fn dht(sites: usize) -> OverlayOptions {
+    let mut o = options(sites);
+    o.routing = on6::demo::overlay::Routing::Dht { reference: false };
+    o
+}
+
+/// Whether at least two of three pings from site `a`'s host reach site `b`'s.
+pub fn ping_ok(ov: &Overlay, a: usize, b: usize) -> bool {
+    on6::demo::measure_pair(ov, a, b, 3, 1).pings_received >= 2
+}
+
 /// Builds the overlay, or `None` (with a SKIPPED message) when not root.
 pub fn build(test: &str, opts: OverlayOptions) -> Option<Overlay> {
     if netns::skip_unless_root(test) {

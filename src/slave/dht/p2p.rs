@@ -58,8 +58,11 @@ pub enum P2pEvent {
         query: QueryId,
         entries: Vec<SignedEntry>,
     },
-    /// A new fleet member was admitted that is among the K closest we know to a key
-    /// we publish: it should get our entries (a good moment to publish).
+    /// An admitted fleet member entered the routing table among the K closest we
+    /// know to a key we publish: it should get our entries (a good moment to
+    /// publish). Not at admission: a peer that dialed us has no address in the
+    /// table until its Identify arrives, and a publication before that misses it
+    /// until the next round (a site then lacked another's entry for over 30 s).
     PeerAdmitted(PeerId),
     /// A put reached no other node, or only those a timed-out lookup had found
     /// (timeouts, a table still filling): publish again soon.
@@ -346,7 +349,9 @@ impl P2p {
         id
     }
 
-    fn admit(&mut self, peer: PeerId, cert: &[u8]) -> bool {
+    /// Checks a peer's membership proof; an admitted peer enters the routing
+    /// table with the addresses known for it.
+    fn admit(&mut self, peer: PeerId, cert: &[u8]) {
         let verdict = (self.check)(cert).and_then(|id| {
             if id.role != crate::pki::Role::Master {
                 return Err(format!("{} is not a site certificate", id.name));
@@ -368,15 +373,12 @@ impl P2p {
                     for a in self.addrs.get(&peer).cloned().unwrap_or_default() {
                         self.swarm.behaviour_mut().kad.add_address(&peer, a);
                     }
-                    return true;
                 }
-                false
             }
             Err(why) => {
                 self.stats.refused_peers += 1;
                 tracing::warn!(%peer, reason = %why, "DHT peer refused");
                 let _ = self.swarm.disconnect_peer_id(peer);
-                false
             }
         }
     }
@@ -447,7 +449,7 @@ impl P2p {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let announce = self.admit(peer, &request.cert) && self.close_to_ours(peer);
+                    self.admit(peer, &request.cert);
                     if self.verified.contains_key(&peer) {
                         let _ = self.swarm.behaviour_mut().member.send_response(
                             channel,
@@ -456,14 +458,9 @@ impl P2p {
                             },
                         );
                     }
-                    if announce {
-                        return Some(P2pEvent::PeerAdmitted(peer));
-                    }
                 }
                 request_response::Message::Response { response, .. } => {
-                    if self.admit(peer, &response.cert) && self.close_to_ours(peer) {
-                        return Some(P2pEvent::PeerAdmitted(peer));
-                    }
+                    self.admit(peer, &response.cert);
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -509,9 +506,16 @@ impl P2p {
                 }
             }
             kad::Event::RoutingUpdated {
-                peer, addresses, ..
+                peer,
+                addresses,
+                is_new_peer,
+                ..
             } => {
                 tracing::debug!(%peer, addresses = ?addresses.iter().collect::<Vec<_>>(), "DHT routing table updated");
+                // Only admitted peers enter the table (inserts are manual).
+                if is_new_peer && self.close_to_ours(peer) {
+                    return Some(P2pEvent::PeerAdmitted(peer));
+                }
             }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
