@@ -486,24 +486,11 @@ impl Controller for TunnelCc {
                 window = self.window,
                 "congestion control: persistent congestion, measuring afresh"
             );
-            self.samples.clear();
-            self.full_bw = false;
-            self.full_bw_reference = 0;
-            self.rounds_without_growth = 0;
-            self.window = min_window(self.mtu);
-            self.sample_start = now;
-            self.sample_bytes = 0;
-            self.min_rtt = None;
-            self.probe_min_rtt = Duration::MAX;
-            self.probe_bytes = 0;
-            self.probe_path_limited = false;
-            self.probe_start = now;
-            self.probe_rtt_sum = Duration::ZERO;
-            self.probe_rtt_samples = 0;
-            self.ack_lag = Duration::ZERO;
-            self.look = None;
-            self.path_set_rate_at = None;
-            self.queue_seen = false;
+            // Everything as at set-up, but from RFC 9002's minimum window.
+            *self = TunnelCc {
+                window: min_window(self.mtu),
+                ..TunnelCc::new(self.config.clone(), now, self.mtu as u16)
+            };
         }
     }
 
