@@ -239,10 +239,11 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
             );
             let _ = writeln!(
                 o,
-                "  {:<16} in order: {} TCP packets held behind a hole, {} holes passed over",
+                "  {:<16} in order: {} TCP packets held, {} holes passed over, playout started {} times",
                 "",
                 get(p, &["stats", "hold_held"]),
                 get(p, &["stats", "hold_passed_over"]),
+                get(p, &["stats", "hold_playouts"]),
             );
         }
     }
@@ -262,8 +263,8 @@ pub fn render(json: &str) -> Result<String, serde_json::Error> {
         );
         let _ = writeln!(
             o,
-            "  loss hiding: {} holes, {} recovered, {} lost, {} came twice or too late; {} resent, {} asked too late; {} TCP packets held in order, {} holes passed over",
-            d["arq_holes"], d["arq_recovered"], d["arq_lost"], d["arq_duplicates"], d["arq_resent"], d["arq_expired"], d["hold_held"], d["hold_passed_over"]
+            "  loss hiding: {} holes, {} recovered, {} lost, {} came twice or too late; {} resent, {} asked too late; {} TCP packets held in order, {} holes passed over, playout started {} times",
+            d["arq_holes"], d["arq_recovered"], d["arq_lost"], d["arq_duplicates"], d["arq_resent"], d["arq_expired"], d["hold_held"], d["hold_passed_over"], d["hold_playouts"]
         );
     }
     let _ = writeln!(o, "\ncounters:");

@@ -363,7 +363,7 @@ fn build(
     let arq = counter(
         reg,
         "on6_peer_loss_hiding_total",
-        "Loss hiding per peer: holes in its numbering, recovered, lost (seen by inner flows), duplicates (a packet that came after its hole was filled or given up), resent on its request, requests for packets no longer kept; TCP packets held in order behind a hole, and holes passed over when the hold ran out.",
+        "Loss hiding per peer: holes in its numbering, recovered, lost (seen by inner flows), duplicates (a packet that came after its hole was filled or given up), resent on its request, requests for packets no longer kept; TCP packets held in order behind a hole, holes passed over when the hold ran out, and times the hold started delaying every TCP packet (playout).",
         &["peer", "event"],
     )?;
     let connects = counter(

@@ -150,6 +150,16 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             .unwrap_or(&[])
     }
 
+    /// A TCP segment with data, right after the fixed header. Pure ACKs
+    /// (and SYNs and FINs without data) answer `false`: TCP takes them in
+    /// any order, as it does a lost one.
+    pub fn carries_tcp_data(&self) -> bool {
+        const TCP: u8 = 6;
+        let tcp = self.payload();
+        let header_len = tcp.get(12).map_or(usize::MAX, |b| usize::from(b >> 4) * 4);
+        self.next_header() == TCP && tcp.len() > header_len
+    }
+
     /// Header plus payload length; equals the buffer length once checked.
     pub fn total_len(&self) -> usize {
         HEADER_LEN + usize::from(self.payload_len())
@@ -254,6 +264,27 @@ mod tests {
         assert_eq!(p.as_bytes(), &bytes[..]);
         assert_eq!(p.as_view(), p);
         assert_eq!(p.into_inner(), &bytes[..]);
+    }
+
+    #[test]
+    fn tcp_data_is_told_from_pure_acks() {
+        let tcp = |data: &[u8]| {
+            let mut seg = vec![0u8; 20];
+            seg[12] = 5 << 4;
+            seg.extend_from_slice(data);
+            let mut out = Vec::new();
+            build_ipv6(a("fd00::1"), a("fd00::2"), 6, 64, &seg, &mut out);
+            out
+        };
+        let data = tcp(b"hello");
+        let ack = tcp(b"");
+        let check = |b: &[u8]| Ipv6Packet::new_checked(b).unwrap().carries_tcp_data();
+        assert!(check(&data));
+        assert!(!check(&ack), "a pure ACK carries no data");
+        assert!(!check(&sample(b"hello, udp")), "UDP is not TCP");
+        let mut short = Vec::new();
+        build_ipv6(a("fd00::1"), a("fd00::2"), 6, 64, &[0; 3], &mut short);
+        assert!(!check(&short), "too short for a TCP header");
     }
 
     #[test]

@@ -5,29 +5,30 @@
 //! (`transport::hold`). The state machines live in `transport`; this moves
 //! their bytes over a connection and counts what they did.
 
-use crate::packet::PacketArena;
+use crate::packet::{Ipv6Packet, PacketArena};
 use crate::transport::arq::{
     self, ArqError, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, Verdict,
 };
-use crate::transport::hold::{HoldStats, InOrder};
+use crate::transport::hold::{HoldStats, InOrder, Wait};
 use crate::transport::{self, RESEND_RESERVE};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const TCP: u8 = 6;
-
 /// The least RTT NACK retries are timed by: below it, scheduling jitter
 /// would ask again for packets already on their way.
+const TCP: u8 = 6;
+
 const MIN_NACK_RTT: Duration = Duration::from_millis(1);
 
 /// What loss hiding did: holes in what the peer sent, holes filled by a late
 /// or resent packet, holes given up (the inner flows see these as losses),
 /// packets that came after their hole was filled or given up, packets
 /// resent on the peer's request, requests for packets no longer kept,
-/// packets that waited in order behind a hole, and holes passed over
-/// because that wait ran out.
+/// packets that waited in order behind a hole, holes passed over because
+/// that wait ran out, and times the hold started delaying every TCP packet
+/// (playout, see `transport::hold`).
 #[derive(Debug, Default, Serialize)]
 pub struct LossCounters {
     pub arq_holes: AtomicU64,
@@ -38,11 +39,12 @@ pub struct LossCounters {
     pub arq_expired: AtomicU64,
     pub hold_held: AtomicU64,
     pub hold_passed_over: AtomicU64,
+    pub hold_playouts: AtomicU64,
 }
 
 impl LossCounters {
     /// (event label, counter) pairs, as the metrics module exports them.
-    pub fn events(&self) -> [(&'static str, &AtomicU64); 8] {
+    pub fn events(&self) -> [(&'static str, &AtomicU64); 9] {
         [
             ("hole", &self.arq_holes),
             ("recovered", &self.arq_recovered),
@@ -52,6 +54,7 @@ impl LossCounters {
             ("expired", &self.arq_expired),
             ("held", &self.hold_held),
             ("passed_over", &self.hold_passed_over),
+            ("playout", &self.hold_playouts),
         ]
     }
 }
@@ -153,7 +156,13 @@ impl LinkReceiver {
     pub fn new(in_order: bool) -> Self {
         LinkReceiver {
             holes: ArqReceiver::new(ReceiverConfig::default()),
-            in_order: in_order.then(|| InOrder::new(Default::default())),
+            in_order: in_order.then(|| {
+                let mut cfg = crate::transport::hold::HoldConfig::default();
+                if std::env::var("XX_PLAYOUT").as_deref() == Ok("0") {
+                    cfg.playout_period = Duration::MAX;
+                }
+                InOrder::new(cfg)
+            }),
             arena: PacketArena::default(),
             tcp_arena: PacketArena::default(),
             reported: Default::default(),
@@ -192,14 +201,21 @@ impl LinkReceiver {
         rtt: Duration,
         out: &mut Vec<BytesMut>,
     ) {
-        match &mut self.in_order {
-            // Only TCP waits in order: see `transport::hold`.
-            Some(h) if packet.get(6) == Some(&TCP) => {
-                h.push(seq, self.tcp_arena.copy(packet), true, now, rtt, out)
-            }
-            Some(h) => h.push(seq, self.arena.copy(packet), false, now, rtt, out),
-            None => out.push(self.arena.copy(packet)),
-        }
+        let Some(h) = &mut self.in_order else {
+            out.push(self.arena.copy(packet));
+            return;
+        };
+        // Only TCP waits in order: see `transport::hold`.
+        let wait = match Ipv6Packet::new_checked(packet) {
+            Ok(p) if p.carries_tcp_data() => Wait::Always,
+            Ok(p) if p.next_header() == TCP => Wait::InPlayout,
+            _ => Wait::Never,
+        };
+        let arena = match wait {
+            Wait::Never => &mut self.arena,
+            _ => &mut self.tcp_arena,
+        };
+        h.push(seq, arena.copy(packet), wait, now, rtt, out);
     }
 
     /// A fresh number whose packet was dropped: nothing waits for it.
@@ -239,6 +255,7 @@ impl LinkReceiver {
         bump(&c.arq_duplicates, seen.0.duplicates - was.0.duplicates);
         bump(&c.hold_held, seen.1.held - was.1.held);
         bump(&c.hold_passed_over, seen.1.passed_over - was.1.passed_over);
+        bump(&c.hold_playouts, seen.1.playouts - was.1.playouts);
         self.reported = seen;
     }
 

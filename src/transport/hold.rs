@@ -15,10 +15,32 @@
 //! burst of UDP overflows the receiving socket (measured: 24-30 % of a
 //! 200 Mbit/s UDP flow lost on a lossy 20 ms path with everything held).
 //! Such a packet still counts for the order of the held ones.
+//!
+//! **Playout.** Where holes keep opening on a long path, most packets wait
+//! behind one anyway, for anything from nothing to a round trip. An inner
+//! sender that sizes its window by the lowest RTT it sees (BBR) then runs
+//! short of window: a single BBR flow over 5 % loss and 20 ms saw 21 ms at
+//! best and 55-70 ms as a rule. So when half the TCP data of a period
+//! arrived behind a hole, every TCP packet (ACKs and handshakes too) waits
+//! the full wait, in order: one steady RTT to size by. It stops when fewer
+//! than a quarter did.
 
 use super::arq::unwrap_near;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// Which packets may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Never (the tunnel's UDP and the rest).
+    Never,
+    /// Only in playout (TCP without data: ACKs, SYNs). TCP takes these in
+    /// any order, but where data waits the full wait they must too, or the
+    /// inner sender measures its lowest RTT on a handshake or an ACK.
+    InPlayout,
+    /// Behind a hole, and in playout (TCP data). These alone decide playout.
+    Always,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct HoldConfig {
@@ -28,6 +50,11 @@ pub struct HoldConfig {
     pub extra: Duration,
     /// Most packets held at once.
     pub max_packets: usize,
+    /// How often the share of packets arriving behind a hole is judged, to
+    /// start or stop delaying every holdable packet by the full wait.
+    pub playout_period: Duration,
+    /// Paths with a shorter round trip never start playout.
+    pub playout_min_rtt: Duration,
 }
 
 impl Default for HoldConfig {
@@ -40,17 +67,39 @@ impl Default for HoldConfig {
             // About 6 MB of 1.4 KB packets: 1.5 RTTs of 300 Mbit/s on a
             // 20 ms path, or 4 ms of 2 Gbit/s.
             max_packets: 4096,
+            playout_period: Duration::from_millis(250),
+            // A hole on a LAN path costs the inner flows a millisecond or
+            // two, which their timers and window floors absorb; a steady
+            // delay there would cost a flow that measured its RTT before it
+            // started a third of its rate (1.77 to 1.23 Gbit/s).
+            playout_min_rtt: Duration::from_millis(5),
         }
     }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HoldStats {
-    /// Packets that waited behind a hole.
+    /// Packets that waited behind a hole (or, in playout, for their turn).
     pub held: u64,
     /// Holes passed over because the wait ran out or the hold was full: the
     /// inner flows see these as reordering or loss.
     pub passed_over: u64,
+    /// Times playout started: most packets arrived behind a hole, so every
+    /// holdable packet now waits the full wait.
+    pub playouts: u64,
+}
+
+/// Periods with fewer holdable packets than this do not change the mode.
+const PLAYOUT_MIN_PACKETS: u32 = 32;
+
+#[derive(Debug)]
+struct Entry<T> {
+    /// When the hole before it, if any, is passed over.
+    deadline: Instant,
+    /// When it may go, once everything before it has.
+    not_before: Instant,
+    /// `None` for one already handed on (not holdable).
+    packet: Option<T>,
 }
 
 #[derive(Debug)]
@@ -58,9 +107,18 @@ pub struct InOrder<T> {
     cfg: HoldConfig,
     /// The next sequence number to hand on, unwrapped to 64 bits.
     next: Option<u64>,
-    /// Packets behind a hole by sequence number, with when each must go at
-    /// the latest; `None` for one already handed on (not holdable).
-    held: BTreeMap<u64, (Instant, Option<T>)>,
+    /// Every number below this arrived, was handed on or passed over.
+    arrived_to: u64,
+    /// The highest number placed.
+    highest: u64,
+    /// Packets waiting, by sequence number.
+    held: BTreeMap<u64, Entry<T>>,
+    /// Every holdable packet waits the full wait, not only those behind a
+    /// hole (see [`InOrder::playout`]).
+    playout: bool,
+    period_start: Option<Instant>,
+    period_packets: u32,
+    period_behind: u32,
     stats: HoldStats,
 }
 
@@ -69,7 +127,13 @@ impl<T> InOrder<T> {
         InOrder {
             cfg,
             next: None,
+            arrived_to: 0,
+            highest: 0,
             held: BTreeMap::new(),
+            playout: false,
+            period_start: None,
+            period_packets: 0,
+            period_behind: 0,
             stats: HoldStats::default(),
         }
     }
@@ -82,32 +146,42 @@ impl<T> InOrder<T> {
         self.held.len()
     }
 
+    /// Whether every holdable packet is delayed by the full wait. Where
+    /// holes keep opening, most packets wait behind one anyway, some a round
+    /// trip and some not at all: an inner sender sizing its window by the
+    /// lowest RTT it sees (BBR) then runs short of window at every other
+    /// RTT. A steady delay gives it one RTT to size by. Starts when half the
+    /// packets of a period arrived behind a hole, stops below a quarter.
+    pub fn playout(&self) -> bool {
+        self.playout
+    }
+
     /// A new packet (duplicates are filtered before): handed on into `out`
     /// now, with any packets it was the missing piece for, or held if
-    /// `holdable` and behind a hole.
+    /// `holdable` and behind a hole (or, in playout, until its turn).
     pub fn push(
         &mut self,
         seq: u32,
         packet: T,
-        holdable: bool,
+        wait: Wait,
         now: Instant,
         rtt: Duration,
         out: &mut Vec<T>,
     ) {
-        self.place(seq, Some(packet), holdable, now, rtt, out);
+        self.place(seq, Some(packet), wait, now, rtt, out);
     }
 
     /// A numbered datagram with nothing to hand on (it was dropped as
     /// invalid): it still fills its place, so nothing waits for it.
     pub fn skip(&mut self, seq: u32, now: Instant, rtt: Duration, out: &mut Vec<T>) {
-        self.place(seq, None, false, now, rtt, out);
+        self.place(seq, None, Wait::Never, now, rtt, out);
     }
 
     fn place(
         &mut self,
         seq: u32,
         packet: Option<T>,
-        holdable: bool,
+        wait: Wait,
         now: Instant,
         rtt: Duration,
         out: &mut Vec<T>,
@@ -115,18 +189,38 @@ impl<T> InOrder<T> {
         let s = unwrap_near(self.next, seq);
         let Some(next) = self.next else {
             self.next = Some(s + 1);
+            (self.arrived_to, self.highest) = (s + 1, s);
             out.extend(packet);
             return;
         };
+        let fresh = s > self.highest;
+        let holdable = match wait {
+            Wait::Never => false,
+            Wait::InPlayout => self.playout,
+            Wait::Always => true,
+        };
+        if wait == Wait::Always && fresh {
+            self.judge(s > self.arrived_to, now, rtt);
+        }
+        self.highest = self.highest.max(s);
         if s < next {
             // Its hole was passed over already: late beats never.
             out.extend(packet);
-        } else if s == next {
+            return;
+        }
+        let full_wait = rtt.mul_f64(self.cfg.rtts) + self.cfg.extra;
+        // A resend or a reordered packet is late already: it goes as soon as
+        // those before it have.
+        let not_before = if self.playout && holdable && fresh {
+            now + full_wait
+        } else {
+            now
+        };
+        if s == next && not_before <= now {
             out.extend(packet);
             self.next = Some(s + 1);
-            self.release_ready(out);
+            self.release_ready(now, out);
         } else {
-            let deadline = now + rtt.mul_f64(self.cfg.rtts) + self.cfg.extra;
             let packet = match packet {
                 Some(p) if holdable => {
                     self.stats.held += 1;
@@ -137,46 +231,91 @@ impl<T> InOrder<T> {
                     None
                 }
             };
-            self.held.insert(s, (deadline, packet));
+            let entry = Entry {
+                deadline: now + full_wait,
+                not_before,
+                packet,
+            };
+            self.held.insert(s, entry);
             if self.held.len() > self.cfg.max_packets {
-                self.pass_over_first_hole(out);
+                self.force_first(now, out);
             }
         }
+        self.advance_arrived();
+    }
+
+    /// Counts a fresh holdable packet and, once a period is over, judges it.
+    fn judge(&mut self, behind: bool, now: Instant, rtt: Duration) {
+        let start = *self.period_start.get_or_insert(now);
+        self.period_packets += 1;
+        self.period_behind += u32::from(behind);
+        if now.duration_since(start) < self.cfg.playout_period {
+            return;
+        }
+        let (n, b) = (self.period_packets, self.period_behind);
+        if n >= PLAYOUT_MIN_PACKETS {
+            let playout = if self.playout {
+                b * 4 >= n
+            } else {
+                b * 2 >= n && rtt >= self.cfg.playout_min_rtt
+            };
+            self.stats.playouts += u64::from(playout && !self.playout);
+            self.playout = playout;
+        }
+        (self.period_start, self.period_packets, self.period_behind) = (Some(now), 0, 0);
+    }
+
+    fn advance_arrived(&mut self) {
+        let mut to = self.arrived_to.max(self.next.unwrap_or(0));
+        while self.held.contains_key(&to) {
+            to += 1;
+        }
+        self.arrived_to = to;
     }
 
     /// Hands on what waited long enough.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<T>) {
-        while self
-            .held
-            .first_key_value()
-            .is_some_and(|(_, (deadline, _))| *deadline <= now)
-        {
-            self.pass_over_first_hole(out);
+        self.release_ready(now, out);
+        while let (Some(next), Some((&first, entry))) = (self.next, self.held.first_key_value()) {
+            if first == next || entry.deadline > now {
+                break;
+            }
+            self.stats.passed_over += 1;
+            self.next = Some(first);
+            self.release_ready(now, out);
         }
+        self.advance_arrived();
     }
 
     /// When [`InOrder::poll`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.held
-            .first_key_value()
-            .map(|(_, (deadline, _))| *deadline)
+        let (&first, entry) = self.held.first_key_value()?;
+        Some(if Some(first) == self.next {
+            entry.not_before
+        } else {
+            entry.deadline
+        })
     }
 
-    fn pass_over_first_hole(&mut self, out: &mut Vec<T>) {
-        if let Some((&first, _)) = self.held.first_key_value() {
-            self.stats.passed_over += 1;
-            self.next = Some(first);
-            self.release_ready(out);
+    /// The hold is full: the first packet goes now, its turn or not.
+    fn force_first(&mut self, now: Instant, out: &mut Vec<T>) {
+        if let Some((first, entry)) = self.held.pop_first() {
+            if Some(first) != self.next {
+                self.stats.passed_over += 1;
+            }
+            out.extend(entry.packet);
+            self.next = Some(first + 1);
+            self.release_ready(now, out);
         }
     }
 
-    fn release_ready(&mut self, out: &mut Vec<T>) {
+    fn release_ready(&mut self, now: Instant, out: &mut Vec<T>) {
         let Some(mut next) = self.next else { return };
         while let Some(entry) = self.held.first_entry() {
-            if *entry.key() != next {
+            if *entry.key() != next || entry.get().not_before > now {
                 break;
             }
-            out.extend(entry.remove().1);
+            out.extend(entry.remove().packet);
             next += 1;
         }
         self.next = Some(next);
@@ -194,13 +333,14 @@ mod tests {
             rtts: 1.5,
             extra: Duration::from_millis(1),
             max_packets: 100,
+            ..HoldConfig::default()
         })
     }
 
     fn push_all(h: &mut InOrder<u32>, seqs: &[u32], now: Instant) -> Vec<u32> {
         let mut out = Vec::new();
         for &s in seqs {
-            h.push(s, s, true, now, RTT, &mut out);
+            h.push(s, s, Wait::Always, now, RTT, &mut out);
         }
         out
     }
@@ -211,7 +351,7 @@ mod tests {
         let mut h = hold();
         assert_eq!(push_all(&mut h, &[0, 2], t0), [0]);
         let mut out = Vec::new();
-        h.push(3, 3, false, t0, RTT, &mut out);
+        h.push(3, 3, Wait::Never, t0, RTT, &mut out);
         assert_eq!(out, [3], "not holdable: handed on behind the hole");
         assert_eq!(push_all(&mut h, &[4], t0), Vec::<u32>::new());
         assert_eq!(
@@ -294,6 +434,147 @@ mod tests {
         let out = push_all(&mut h, &[102], t0);
         assert_eq!(out, (2..=102).collect::<Vec<_>>());
         assert_eq!(h.held(), 0);
+    }
+
+    /// One packet a millisecond for `ms` ms from `t0`, starting at `seq`;
+    /// every `hole_every`th (if any) is lost and its resend comes one RTT
+    /// later. Returns when each packet was handed on, by sequence number.
+    fn stream(
+        h: &mut InOrder<u32>,
+        t0: Instant,
+        seq: u32,
+        ms: u32,
+        hole_every: Option<u32>,
+    ) -> BTreeMap<u32, Duration> {
+        let mut resends = Vec::new();
+        let mut handed = BTreeMap::new();
+        let mut out = Vec::new();
+        let rtt_ms = RTT.as_millis() as u32;
+        for t in 0..ms + 3 * rtt_ms {
+            let now = t0 + Duration::from_millis(u64::from(t));
+            h.poll(now, &mut out);
+            resends.retain(|&(at, s)| {
+                if at == t {
+                    h.push(s, s, Wait::Always, now, RTT, &mut out);
+                }
+                at != t
+            });
+            let s = seq + t;
+            if t < ms {
+                if hole_every.is_some_and(|k| s % k == 0) {
+                    resends.push((t + rtt_ms, s));
+                } else {
+                    h.push(s, s, Wait::Always, now, RTT, &mut out);
+                }
+            }
+            for p in out.drain(..) {
+                handed.insert(p, now - t0);
+            }
+        }
+        handed
+    }
+
+    #[test]
+    fn where_most_packets_wait_behind_holes_every_packet_waits_the_full_wait() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
+        // A hole every 4 packets: nearly every packet arrives behind one.
+        let handed = stream(&mut h, t0, 1, 600, Some(4));
+        assert!(h.playout());
+        assert_eq!(h.stats().playouts, 1);
+        let wait = Duration::from_millis(31);
+        // Once in playout, each packet goes the full wait after it came
+        // (resends as soon as those before them have): one steady delay.
+        for s in 400..500u32 {
+            let arrived = Duration::from_millis(u64::from(s - 1));
+            let expected = if s % 4 == 0 { arrived + wait - Duration::from_millis(1) } else { arrived + wait };
+            let got = handed[&s];
+            assert!(
+                got == expected || (s % 4 == 0 && got <= arrived + wait),
+                "packet {s} handed on at {got:?}, expected {expected:?}"
+            );
+        }
+        assert_eq!(h.stats().passed_over, 0);
+        assert_eq!(handed.len(), 600);
+        assert!(handed.keys().copied().eq(1..=600), "all in order, none lost");
+    }
+
+    #[test]
+    fn playout_stops_once_holes_are_rare_and_packets_go_at_once_again() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
+        stream(&mut h, t0, 1, 600, Some(4));
+        assert!(h.playout());
+        let later = t0 + Duration::from_secs(2);
+        let handed = stream(&mut h, later, 601, 600, None);
+        assert!(!h.playout(), "no holes for a period: back to holding only behind one");
+        for s in 1000..1100u32 {
+            let arrived = Duration::from_millis(u64::from(s - 601));
+            assert_eq!(handed[&s], arrived, "packet {s} waits for nothing");
+        }
+    }
+
+    #[test]
+    fn occasional_holes_do_not_start_playout() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
+        // A hole every 100 packets holds 20 of them: a fifth.
+        let handed = stream(&mut h, t0, 1, 1000, Some(100));
+        assert!(!h.playout());
+        assert_eq!(handed[&150], Duration::from_millis(149), "not behind a hole: goes at once");
+    }
+
+    #[test]
+    fn what_may_not_wait_still_goes_at_once_in_playout() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
+        stream(&mut h, t0, 1, 600, Some(4));
+        assert!(h.playout());
+        let now = t0 + Duration::from_secs(1);
+        let mut out = Vec::new();
+        h.push(602, 602, Wait::Always, now, RTT, &mut out);
+        assert!(out.is_empty(), "TCP waits its turn");
+        h.push(603, 603, Wait::Never, now, RTT, &mut out);
+        assert_eq!(out, [603]);
+        assert_eq!(h.poll_timeout(), Some(now + Duration::from_millis(31)));
+    }
+
+    #[test]
+    fn short_paths_never_start_playout() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        let rtt = Duration::from_millis(1);
+        let mut out = Vec::new();
+        for s in 0..2000u32 {
+            let now = t0 + Duration::from_micros(u64::from(s) * 250);
+            if s % 4 != 1 {
+                h.push(s, s, Wait::Always, now, rtt, &mut out);
+            }
+            h.poll(now, &mut out);
+        }
+        assert!(!h.playout(), "every packet behind a hole, but on a 1 ms path");
+    }
+
+    #[test]
+    fn tcp_without_data_waits_only_in_playout() {
+        let t0 = Instant::now();
+        let mut h = hold();
+        assert_eq!(push_all(&mut h, &[0, 2], t0), [0]);
+        let mut out = Vec::new();
+        h.push(3, 3, Wait::InPlayout, t0, RTT, &mut out);
+        assert_eq!(out, [3], "an ACK behind a hole goes at once");
+        stream(&mut h, t0, 4, 600, Some(4));
+        assert!(h.playout());
+        let now = t0 + Duration::from_secs(1);
+        out.clear();
+        h.push(604, 604, Wait::InPlayout, now, RTT, &mut out);
+        assert!(out.is_empty(), "in playout an ACK waits as data does");
+        h.poll(now + Duration::from_millis(31), &mut out);
+        assert_eq!(out, [604]);
     }
 
     #[test]
