@@ -9,16 +9,21 @@ use crate::packet::{Ipv6Packet, PacketArena};
 use crate::transport::arq::{
     self, ArqError, ArqReceiver, ArqSender, Frame, ReceiverConfig, ReceiverStats, Verdict,
 };
-use crate::transport::hold::{HoldStats, InOrder, Wait};
+use crate::transport::hold::{HoldStats, InOrder, PlayoutFlows, Wait};
 use crate::transport::{self, RESEND_RESERVE};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The least RTT NACK retries are timed by: below it, scheduling jitter
 /// would ask again for packets already on their way.
 const TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+
+/// Flows the in-order hold tells apart (see `transport::hold::PlayoutFlows`).
+const PLAYOUT_FLOWS: usize = 4096;
 
 const MIN_NACK_RTT: Duration = Duration::from_millis(1);
 
@@ -142,7 +147,7 @@ pub enum Incoming<'a> {
 #[derive(Debug)]
 pub struct LinkReceiver {
     holes: ArqReceiver,
-    in_order: Option<InOrder<BytesMut>>,
+    in_order: Option<(InOrder<BytesMut>, PlayoutFlows)>,
     arena: PacketArena,
     // TCP gets its own blocks: a held packet keeps its whole 64 KB block
     // alive, and among other traffic each could pin one. Packets held
@@ -157,11 +162,10 @@ impl LinkReceiver {
         LinkReceiver {
             holes: ArqReceiver::new(ReceiverConfig::default()),
             in_order: in_order.then(|| {
-                let mut cfg = crate::transport::hold::HoldConfig::default();
-                if std::env::var("XX_PLAYOUT").as_deref() == Ok("0") {
-                    cfg.playout_period = Duration::MAX;
-                }
-                InOrder::new(cfg)
+                (
+                    InOrder::new(Default::default()),
+                    PlayoutFlows::new(PLAYOUT_FLOWS),
+                )
             }),
             arena: PacketArena::default(),
             tcp_arena: PacketArena::default(),
@@ -176,7 +180,7 @@ impl LinkReceiver {
 
     /// When [`LinkReceiver::flush`] next has something to do without a datagram.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let hold_due = self.in_order.as_ref().and_then(InOrder::poll_timeout);
+        let hold_due = self.in_order.as_ref().and_then(|(h, _)| h.poll_timeout());
         self.holes.poll_timeout().into_iter().chain(hold_due).min()
     }
 
@@ -201,14 +205,26 @@ impl LinkReceiver {
         rtt: Duration,
         out: &mut Vec<BytesMut>,
     ) {
-        let Some(h) = &mut self.in_order else {
+        let Some((h, flows)) = &mut self.in_order else {
             out.push(self.arena.copy(packet));
             return;
         };
         // Only TCP waits in order: see `transport::hold`.
         let wait = match Ipv6Packet::new_checked(packet) {
-            Ok(p) if p.carries_tcp_data() => Wait::Always,
-            Ok(p) if p.next_header() == TCP => Wait::InPlayout,
+            Ok(p) if p.next_header() == TCP => {
+                let tcp = p.payload();
+                let syn = tcp.get(13).is_some_and(|flags| flags & TCP_SYN != 0);
+                let mut key = rustc_hash::FxHasher::default();
+                key.write(packet.get(8..40).unwrap_or_default());
+                key.write(tcp.get(..4).unwrap_or_default());
+                let steady = flows.observe(key.finish(), syn, h.playout());
+                match (p.carries_tcp_data(), steady) {
+                    (true, true) => Wait::Always,
+                    (true, false) => Wait::BehindHoles,
+                    (false, true) => Wait::InPlayout,
+                    (false, false) => Wait::Never,
+                }
+            }
             _ => Wait::Never,
         };
         let arena = match wait {
@@ -220,7 +236,7 @@ impl LinkReceiver {
 
     /// A fresh number whose packet was dropped: nothing waits for it.
     pub fn skip(&mut self, seq: u32, now: Instant, rtt: Duration, out: &mut Vec<BytesMut>) {
-        if let Some(h) = &mut self.in_order {
+        if let Some((h, _)) = &mut self.in_order {
             h.skip(seq, now, rtt, out);
         }
     }
@@ -235,7 +251,7 @@ impl LinkReceiver {
         out: &mut Vec<BytesMut>,
         counters: &LossCounters,
     ) {
-        if let Some(h) = &mut self.in_order {
+        if let Some((h, _)) = &mut self.in_order {
             h.poll(now, out);
         }
         for nack in arq::encode_nacks(&self.holes.poll_nack(now, rtt)) {
@@ -245,7 +261,7 @@ impl LinkReceiver {
             self.holes.stats(),
             self.in_order
                 .as_ref()
-                .map(InOrder::stats)
+                .map(|(h, _)| h.stats())
                 .unwrap_or_default(),
         );
         let (was, c) = (&self.reported, counters);
