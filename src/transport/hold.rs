@@ -21,9 +21,10 @@
 //! sender that sizes its window by the lowest RTT it sees (BBR) then runs
 //! short of window: a single BBR flow over 5 % loss and 20 ms saw 21 ms at
 //! best and 55-70 ms as a rule. So when half the TCP data of a period
-//! arrived behind a hole, every TCP packet (ACKs and handshakes too) waits
-//! the full wait, in order: one steady RTT to size by. It stops when fewer
-//! than a quarter did.
+//! arrived behind a hole, every packet of a TCP flow begun from then on
+//! (handshake and ACKs too) waits the full wait, in order: one steady RTT
+//! to size by (the caller tells flows apart, [`PlayoutFlows`]). It stops
+//! when fewer than a quarter did.
 
 use super::arq::unwrap_near;
 use std::collections::BTreeMap;
@@ -190,12 +191,10 @@ impl<T> InOrder<T> {
         self.held.len()
     }
 
-    /// Whether every holdable packet is delayed by the full wait. Where
-    /// holes keep opening, most packets wait behind one anyway, some a round
-    /// trip and some not at all: an inner sender sizing its window by the
-    /// lowest RTT it sees (BBR) then runs short of window at every other
-    /// RTT. A steady delay gives it one RTT to size by. Starts when half the
-    /// packets of a period arrived behind a hole, stops below a quarter.
+    /// Whether packets of flows begun in playout ([`Wait::InPlayout`],
+    /// [`Wait::Always`]) are delayed by the full wait (see the module
+    /// docs). Starts when half the TCP data of a period arrived behind a
+    /// hole on a path of at least `playout_min_rtt`, stops below a quarter.
     pub fn playout(&self) -> bool {
         self.playout
     }
