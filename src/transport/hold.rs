@@ -518,6 +518,16 @@ mod tests {
         handed
     }
 
+    /// A hold that has seen 600 ms of a hole every 4 packets: in playout.
+    fn in_playout() -> (InOrder<u32>, Instant) {
+        let t0 = Instant::now();
+        let mut h = hold();
+        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
+        stream(&mut h, t0, 1, 600, Some(4));
+        assert!(h.playout());
+        (h, t0)
+    }
+
     #[test]
     fn where_most_packets_wait_behind_holes_every_packet_waits_the_full_wait() {
         let t0 = Instant::now();
@@ -553,11 +563,7 @@ mod tests {
 
     #[test]
     fn playout_stops_once_holes_are_rare_and_packets_go_at_once_again() {
-        let t0 = Instant::now();
-        let mut h = hold();
-        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
-        stream(&mut h, t0, 1, 600, Some(4));
-        assert!(h.playout());
+        let (mut h, t0) = in_playout();
         let later = t0 + Duration::from_secs(2);
         let handed = stream(&mut h, later, 601, 600, None);
         assert!(
@@ -587,11 +593,7 @@ mod tests {
 
     #[test]
     fn what_may_not_wait_still_goes_at_once_in_playout() {
-        let t0 = Instant::now();
-        let mut h = hold();
-        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
-        stream(&mut h, t0, 1, 600, Some(4));
-        assert!(h.playout());
+        let (mut h, t0) = in_playout();
         let now = t0 + Duration::from_secs(1);
         let mut out = Vec::new();
         h.push(602, 602, Wait::Always, now, RTT, &mut out);
@@ -640,11 +642,7 @@ mod tests {
 
     #[test]
     fn data_of_a_flow_begun_outside_playout_waits_only_behind_holes() {
-        let t0 = Instant::now();
-        let mut h = hold();
-        h.push(0, 0, Wait::Always, t0, RTT, &mut Vec::new());
-        stream(&mut h, t0, 1, 600, Some(4));
-        assert!(h.playout());
+        let (mut h, t0) = in_playout();
         let now = t0 + Duration::from_secs(1);
         let mut out = Vec::new();
         h.push(601, 601, Wait::BehindHoles, now, RTT, &mut out);
