@@ -70,6 +70,14 @@ fn bump(c: &AtomicU64, n: u64) {
     }
 }
 
+/// A hash of a TCP packet's addresses and ports.
+fn flow_key(packet: &Ipv6Packet<&[u8]>) -> u64 {
+    let mut key = rustc_hash::FxHasher::default();
+    key.write(packet.as_bytes().get(8..40).unwrap_or_default());
+    key.write(packet.payload().get(..4).unwrap_or_default());
+    key.finish()
+}
+
 /// The sending half: numbers packets and resends what the peer asks for.
 #[derive(Debug)]
 pub struct LinkSender {
@@ -200,38 +208,39 @@ impl LinkReceiver {
     pub fn push(
         &mut self,
         seq: u32,
-        packet: &[u8],
+        packet: Ipv6Packet<&[u8]>,
         now: Instant,
         rtt: Duration,
         out: &mut Vec<BytesMut>,
     ) {
         let Some((h, flows)) = &mut self.in_order else {
-            out.push(self.arena.copy(packet));
+            out.push(self.arena.copy(packet.as_bytes()));
             return;
         };
         // Only TCP waits in order: see `transport::hold`.
-        let wait = match Ipv6Packet::new_checked(packet) {
-            Ok(p) if p.next_header() == TCP => {
-                let tcp = p.payload();
-                let syn = tcp.get(13).is_some_and(|flags| flags & TCP_SYN != 0);
-                let mut key = rustc_hash::FxHasher::default();
-                key.write(packet.get(8..40).unwrap_or_default());
-                key.write(tcp.get(..4).unwrap_or_default());
-                let steady = flows.observe(key.finish(), syn, h.playout());
-                match (p.carries_tcp_data(), steady) {
-                    (true, true) => Wait::Always,
-                    (true, false) => Wait::BehindHoles,
-                    (false, true) => Wait::InPlayout,
-                    (false, false) => Wait::Never,
-                }
+        let wait = if packet.next_header() == TCP {
+            let syn = packet
+                .payload()
+                .get(13)
+                .is_some_and(|flags| flags & TCP_SYN != 0);
+            // Which flow began in playout matters only in playout; a SYN
+            // outside it still clears its flow's slot.
+            let playout = h.playout();
+            let steady = (syn || playout) && flows.observe(flow_key(&packet), syn, playout);
+            match (packet.carries_tcp_data(), steady) {
+                (true, true) => Wait::Always,
+                (true, false) => Wait::BehindHoles,
+                (false, true) => Wait::InPlayout,
+                (false, false) => Wait::Never,
             }
-            _ => Wait::Never,
+        } else {
+            Wait::Never
         };
         let arena = match wait {
             Wait::Never => &mut self.arena,
             _ => &mut self.tcp_arena,
         };
-        h.push(seq, arena.copy(packet), wait, now, rtt, out);
+        h.push(seq, arena.copy(packet.as_bytes()), wait, now, rtt, out);
     }
 
     /// A fresh number whose packet was dropped: nothing waits for it.

@@ -254,13 +254,9 @@ impl<T> InOrder<T> {
         let full_wait = rtt.mul_f64(self.cfg.rtts) + self.cfg.extra;
         // A resend or a reordered packet is late already: it goes as soon as
         // those before it have.
-        let steady = matches!(wait, Wait::InPlayout | Wait::Always);
-        let not_before = if self.playout && steady && fresh {
-            now + full_wait
-        } else {
-            now
-        };
-        if s == next && not_before <= now {
+        let steady = self.playout && fresh && matches!(wait, Wait::InPlayout | Wait::Always);
+        let not_before = if steady { now + full_wait } else { now };
+        if s == next && !steady {
             out.extend(packet);
             self.next = Some(s + 1);
             self.release_ready(now, out);

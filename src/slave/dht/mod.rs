@@ -621,8 +621,8 @@ async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ct
                     continue;
                 }
             };
-            let (src, dst) = match Ipv6Packet::new_checked(packet) {
-                Ok(p) => (p.src(), p.dst()),
+            let checked = match Ipv6Packet::new_checked(packet) {
+                Ok(p) => p,
                 Err(e) => {
                     bump(&shared.malformed, 1);
                     tracing::debug!(from = %id.name, error = %e, "malformed datagram");
@@ -630,6 +630,7 @@ async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ct
                     continue;
                 }
             };
+            let (src, dst) = (checked.src(), checked.dst());
             if !id.covers_addr(&src) {
                 bump(&shared.spoofed, 1);
                 link.skip(seq, now, rtt, &mut batch);
@@ -645,7 +646,7 @@ async fn receive(conn: quinn::Connection, id: crate::pki::NodeIdentity, ctx: &Ct
             }
             bump(&shared.rx_packets, 1);
             bump(&shared.rx_bytes, packet.len() as u64);
-            link.push(seq, packet, now, rtt, &mut batch);
+            link.push(seq, checked, now, rtt, &mut batch);
         }
         link.flush(&conn, now, rtt, &mut batch, &shared.loss);
         if !batch.is_empty() && up.packets(batch).is_err() {

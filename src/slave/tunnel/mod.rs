@@ -357,8 +357,8 @@ async fn receive(
                     continue;
                 }
             };
-            let src = match Ipv6Packet::new_checked(packet) {
-                Ok(p) => p.src(),
+            let checked = match Ipv6Packet::new_checked(packet) {
+                Ok(p) => p,
                 Err(e) => {
                     bump(&stats.malformed, 1);
                     tracing::debug!(peer = %peer.name, error = %e, "malformed datagram");
@@ -366,6 +366,7 @@ async fn receive(
                     continue;
                 }
             };
+            let src = checked.src();
             if !identity.covers_addr(&src) {
                 bump(&stats.spoofed, 1);
                 tracing::debug!(peer = %peer.name, %src, "source outside the peer's certificate");
@@ -374,7 +375,7 @@ async fn receive(
             }
             bump(&stats.rx_packets, 1);
             bump(&stats.rx_bytes, packet.len() as u64);
-            link.push(seq, packet, now, rtt, &mut batch);
+            link.push(seq, checked, now, rtt, &mut batch);
         }
         link.flush(&conn, now, rtt, &mut batch, &stats.loss);
         if !batch.is_empty() && up.packets(batch).is_err() {
