@@ -505,6 +505,24 @@ mod tests {
         (a, b, ia, ib)
     }
 
+    /// Pings `dst` from `ns` until it answers. A fresh veth drops what it is
+    /// given until the kernel's link watcher activates it, which can take
+    /// seconds while other tests hold the rtnl lock; a first ping there can
+    /// fail with no reply or "address unreachable". Bounded generously.
+    fn first_reply(ns: &Netns, dst: Ipv6Addr) -> PingOutcome {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = ns
+                .run(move || ping6(dst, PingOpts::default()))
+                .unwrap()
+                .unwrap();
+            if matches!(o, PingOutcome::Reply { .. }) || Instant::now() >= until {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     #[test]
     fn names_and_arguments() {
         let names: Vec<String> = (0..100).map(|_| unique_ifname("veth-long-tag")).collect();
@@ -619,10 +637,7 @@ mod tests {
             "{text}"
         );
 
-        let r = a
-            .run(|| ping6(ip6("fd00:1::2"), PingOpts::default()))
-            .unwrap()
-            .unwrap();
+        let r = first_reply(&a, ip6("fd00:1::2"));
         assert!(
             matches!(r, PingOutcome::Reply { from, .. } if from == ip6("fd00:1::2")),
             "{r:?}"
@@ -745,7 +760,7 @@ mod tests {
             let dst = ip6(dst);
             a.run(move || ping6(dst, opts)).unwrap().unwrap()
         };
-        let o = pa("fd00:b::2", PingOpts::default());
+        let o = first_reply(&a, ip6("fd00:b::2"));
         assert!(
             matches!(o, PingOutcome::Reply { from, .. } if from == ip6("fd00:b::2")),
             "{o:?}"
