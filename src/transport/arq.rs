@@ -230,6 +230,16 @@ pub struct ReceiverConfig {
     /// request still welcome, before it is given up (or after its requests'
     /// spacing has run out, if later).
     pub wait_answer: Duration,
+    /// Ask for each new hole twice, the second time an eighth of an RTT
+    /// (at least `min_repeat_gap`) later, so in another QUIC packet: a lost
+    /// request or a lost resend would otherwise leave the hole to the next
+    /// request, `retry_rtts` on, when the in-order hold has long passed it
+    /// over. (Both copies sent at once share a QUIC packet and are lost
+    /// together: that halved late fills, this cut them tenfold.) The repeat
+    /// is part of the first request: it does not count towards
+    /// `max_requests`.
+    pub repeat_first: bool,
+    pub min_repeat_gap: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -244,6 +254,13 @@ impl Default for ReceiverConfig {
             retry_rtts: 2,
             // As long as the sender keeps a packet.
             wait_answer: Duration::from_millis(500),
+            // Measured on a 20 ms path with 5 % loss: asked once, 10 % of
+            // holes were filled only by a second request, at three RTTs;
+            // asked twice, 1 %, and a single inner BBR flow went from
+            // 103-215 to 258-309 Mbit/s. The price: a second copy of most
+            // resends (5 % more traffic at 5 % loss).
+            repeat_first: true,
+            min_repeat_gap: Duration::from_millis(1),
         }
     }
 }
@@ -282,7 +299,8 @@ pub fn unwrap_near(reference: Option<u64>, seq: u32) -> u64 {
 
 /// The receiving half: finds holes and says when to ask for them.
 ///
-/// A hole is asked for again after two RTTs, but the RTT does not say how
+/// A new hole is asked for twice, an eighth of an RTT apart
+/// ([`ReceiverConfig::repeat_first`]), then again after two RTTs, but the RTT does not say how
 /// long an answer takes when the sender's process waits for a CPU or its
 /// resend queues behind data: on a loaded host answers came after every
 /// request had gone and the hole had been given up (in a test, 1075 resends
@@ -306,6 +324,8 @@ pub struct ArqReceiver {
     retries: VecDeque<(Instant, u64)>,
     /// Asked holes by when to give them up, in asking order.
     expiring: VecDeque<(Instant, u64)>,
+    /// Newly asked holes by when their request is repeated, in asking order.
+    repeats: VecDeque<(Instant, u64)>,
     stats: ReceiverStats,
 }
 
@@ -318,6 +338,7 @@ impl ArqReceiver {
             unasked_from: 0,
             retries: VecDeque::new(),
             expiring: VecDeque::new(),
+            repeats: VecDeque::new(),
             stats: ReceiverStats::default(),
         }
     }
@@ -387,6 +408,16 @@ impl ArqReceiver {
             self.expiring.pop_front();
         }
         let mut ask = Vec::new();
+        while let Some(&(due, seq)) = self.repeats.front() {
+            if due > now {
+                break;
+            }
+            self.repeats.pop_front();
+            if self.holes.contains_key(&seq) {
+                ask.push(seq);
+            }
+        }
+        let repeat_at = now + (rtt / 8).max(self.cfg.min_repeat_gap);
         while let Some(&(due, seq)) = self.retries.front() {
             if due > now {
                 break;
@@ -408,6 +439,9 @@ impl ArqReceiver {
                 *requests = 1;
                 self.retries.push_back((due_again, seq));
                 self.expiring.push_back((give_up_at, seq));
+                if self.cfg.repeat_first {
+                    self.repeats.push_back((repeat_at, seq));
+                }
                 ask.push(seq);
             } else {
                 never_asked.push(seq);
@@ -419,6 +453,7 @@ impl ArqReceiver {
         }
         self.unasked_from = self.highest.map_or(0, |h| h + 1);
         ask.sort_unstable();
+        ask.dedup();
         self.stats.requested += ask.len() as u64;
         ask.into_iter().map(|s| s as u32).collect()
     }
@@ -428,7 +463,8 @@ impl ArqReceiver {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retry = self.retries.front().map(|&(due, _)| due);
         let expiry = self.expiring.front().map(|&(due, _)| due);
-        retry.into_iter().chain(expiry).min()
+        let repeat = self.repeats.front().map(|&(due, _)| due);
+        retry.into_iter().chain(expiry).chain(repeat).min()
     }
 }
 
@@ -533,7 +569,8 @@ mod tests {
         rx.on_data(0);
         rx.on_data(2);
         assert_eq!(rx.poll_nack(t0, rtt), [1]);
-        // Not again before two RTTs.
+        // Repeated an eighth of an RTT on, then not again before two RTTs.
+        assert_eq!(rx.poll_nack(t0 + rtt / 8, rtt), [1]);
         assert!(rx.poll_nack(t0 + rtt, rtt).is_empty());
         assert_eq!(rx.poll_timeout(), Some(t0 + 2 * rtt));
         assert_eq!(rx.poll_nack(t0 + 2 * rtt, rtt), [1]);
@@ -546,7 +583,7 @@ mod tests {
         assert_eq!(rx.open_holes(), 0);
         assert_eq!(rx.poll_timeout(), None);
         assert_eq!(rx.stats().lost, 1);
-        assert_eq!(rx.stats().requested, 2);
+        assert_eq!(rx.stats().requested, 3);
         // The original, very late: its hole is gone, so it is not delivered twice.
         assert_eq!(rx.on_data(1), Verdict::Duplicate);
     }
@@ -592,7 +629,114 @@ mod tests {
         let s = rx.stats();
         assert_eq!(delivered, total, "{s:?}");
         assert_eq!((s.holes, s.recovered, s.lost), (500, 500, 0));
-        assert_eq!(tx.stats().resent, 4 * 500, "asked for four times each");
+        assert_eq!(
+            tx.stats().resent,
+            5 * 500,
+            "asked for four times each, the first time twice"
+        );
+    }
+
+    #[test]
+    fn a_new_hole_is_asked_for_twice_an_eighth_of_an_rtt_apart() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(20);
+        let mut rx = ArqReceiver::new(ReceiverConfig::default());
+        for s in [0, 2, 4] {
+            rx.on_data(s);
+        }
+        assert_eq!(rx.poll_nack(t0, rtt), [1, 3]);
+        assert_eq!(rx.poll_timeout(), Some(t0 + rtt / 8));
+        assert!(rx.poll_nack(t0 + rtt / 16, rtt).is_empty());
+        // Hole 3 was filled meanwhile: only 1 is asked for again.
+        rx.on_data(3);
+        assert_eq!(rx.poll_nack(t0 + rtt / 8, rtt), [1]);
+        // The repeat belongs to the first request: the next comes two RTTs on.
+        assert_eq!(rx.poll_timeout(), Some(t0 + 2 * rtt));
+        assert_eq!(rx.stats().requested, 3);
+        // On a LAN path (the link counts at least 1 ms) the repeat waits a
+        // millisecond, for the first request to have gone out on its own.
+        let lan = Duration::from_millis(1);
+        let mut rx = ArqReceiver::new(ReceiverConfig::default());
+        rx.on_data(0);
+        rx.on_data(2);
+        assert_eq!(rx.poll_nack(t0, lan), [1]);
+        assert_eq!(rx.poll_timeout(), Some(t0 + Duration::from_millis(1)));
+    }
+
+    /// Share of holes on a seeded path with 5 % loss (data, requests and
+    /// resends alike) not filled within 1.5 RTTs: the in-order hold's wait,
+    /// after which the inner flow sees the loss.
+    fn late_fill_share(cfg: ReceiverConfig) -> f64 {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(20);
+        let mut tx = ArqSender::new(SenderConfig::default());
+        let mut rx = ArqReceiver::new(cfg);
+        let mut rng = crate::impair::Rng::new(0x9e37_79b9_7f4a_7c15);
+        let mut lossy = || rng.chance(0.05);
+        // Resends in flight (arriving at), and when each hole opened.
+        let mut in_flight: VecDeque<(Instant, u32)> = VecDeque::new();
+        let mut opened = std::collections::HashMap::new();
+        let (mut holes, mut late) = (0u32, 0u32);
+        let mut now = t0;
+        // 2 s of packets 10 us apart, then 100 ms for the last answers.
+        let total = 200_000u32;
+        for i in 0..total + 10_000 {
+            now += Duration::from_micros(10);
+            if i < total {
+                let seq = tx.sent(packet(i), now);
+                if lossy() {
+                    opened.insert(seq, now);
+                    holes += 1;
+                } else {
+                    rx.on_data(seq);
+                }
+            }
+            while in_flight.front().is_some_and(|&(at, _)| at <= now) {
+                let Some((_, seq)) = in_flight.pop_front() else {
+                    break;
+                };
+                if rx.on_data(seq) == Verdict::Deliver {
+                    if let Some(at) = opened.remove(&seq) {
+                        if now - at > rtt * 3 / 2 {
+                            late += 1;
+                        }
+                    }
+                }
+            }
+            if i % 100 == 0 {
+                for nack in encode_nacks(&rx.poll_nack(now, rtt)) {
+                    if lossy() {
+                        continue;
+                    }
+                    let Ok(Frame::Nack(ranges)) = Frame::parse(&nack) else {
+                        panic!()
+                    };
+                    let mut out = Vec::new();
+                    tx.on_nack(&ranges, now + rtt / 2, &mut out);
+                    in_flight.extend(
+                        out.into_iter()
+                            .filter(|_| !lossy())
+                            .map(|(seq, _)| (now + rtt, seq)),
+                    );
+                }
+            }
+        }
+        // Holes never filled are late too.
+        f64::from(late + opened.len() as u32) / f64::from(holes)
+    }
+
+    /// A lost request or a lost resend would leave its hole to the next
+    /// request, two RTTs on: past the hold, so the inner flow sees the loss.
+    /// The repeated request covers both.
+    #[test]
+    fn the_repeated_request_fills_almost_every_hole_within_the_hold() {
+        let once = late_fill_share(ReceiverConfig {
+            repeat_first: false,
+            ..ReceiverConfig::default()
+        });
+        let twice = late_fill_share(ReceiverConfig::default());
+        assert!(once > 0.07, "asked once, {once:.3} late");
+        assert!(twice < 0.02, "asked twice, {twice:.3} late");
     }
 
     #[test]
