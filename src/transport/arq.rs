@@ -300,15 +300,15 @@ pub fn unwrap_near(reference: Option<u64>, seq: u32) -> u64 {
 /// The receiving half: finds holes and says when to ask for them.
 ///
 /// A new hole is asked for twice, an eighth of an RTT apart
-/// ([`ReceiverConfig::repeat_first`]), then again after two RTTs, but the RTT does not say how
-/// long an answer takes when the sender's process waits for a CPU or its
-/// resend queues behind data: on a loaded host answers came after every
-/// request had gone and the hole had been given up (in a test, 1075 resends
-/// arrived too late for 493 holes and 52 % of them were lost). So the
-/// receiver keeps a hole open for as long as the sender keeps its packet,
-/// whatever the RTT. (Spacing the requests by the time answers took, as
-/// well, cost a single inner BBR flow on a lossy 20 ms path a quarter of
-/// its rate: later second requests.)
+/// ([`ReceiverConfig::repeat_first`]), then again after two RTTs. But the
+/// RTT does not say how long an answer takes when the sender's process
+/// waits for a CPU or its resend queues behind data: on a loaded host
+/// answers came after every request had gone and the hole had been given
+/// up (in a test, 1075 resends arrived too late for 493 holes and 52 % of
+/// them were lost). So the receiver keeps a hole open for as long as the
+/// sender keeps its packet, whatever the RTT. (Spacing the requests by the
+/// time answers took, as well, cost a single inner BBR flow on a lossy
+/// 20 ms path a quarter of its rate: later second requests.)
 #[derive(Debug)]
 pub struct ArqReceiver {
     cfg: ReceiverConfig,
