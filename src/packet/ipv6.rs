@@ -14,6 +14,8 @@ pub const HEADER_LEN: usize = 40;
 pub const MAX_PAYLOAD_LEN: usize = u16::MAX as usize;
 
 const ZERO_HEADER: [u8; HEADER_LEN] = [0; HEADER_LEN];
+/// The TCP next-header value.
+const TCP: u8 = 6;
 
 /// Why a buffer is not an acceptable IPv6 packet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
@@ -150,14 +152,23 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             .unwrap_or(&[])
     }
 
-    /// A TCP segment with data, right after the fixed header. Pure ACKs
-    /// (and SYNs and FINs without data) answer `false`: TCP takes them in
-    /// any order, as it does a lost one.
+    /// TCP right after the fixed header.
+    pub fn is_tcp(&self) -> bool {
+        self.next_header() == TCP
+    }
+
+    /// A TCP segment with data. Pure ACKs (and SYNs and FINs without data)
+    /// answer `false`: TCP takes them in any order, as it does a lost one.
     pub fn carries_tcp_data(&self) -> bool {
-        const TCP: u8 = 6;
         let tcp = self.payload();
         let header_len = tcp.get(12).map_or(usize::MAX, |b| usize::from(b >> 4) * 4);
-        self.next_header() == TCP && tcp.len() > header_len
+        self.is_tcp() && tcp.len() > header_len
+    }
+
+    /// A TCP SYN: the first packet each way of a new flow.
+    pub fn opens_tcp_flow(&self) -> bool {
+        const SYN: u8 = 0x02;
+        self.is_tcp() && self.payload().get(13).is_some_and(|flags| flags & SYN != 0)
     }
 
     /// Header plus payload length; equals the buffer length once checked.
@@ -278,6 +289,10 @@ mod tests {
         };
         let data = tcp(b"hello");
         let ack = tcp(b"");
+        let mut syn = ack.clone();
+        syn[HEADER_LEN + 13] = 0x02;
+        let flow_start = |b: &[u8]| Ipv6Packet::new_checked(b).unwrap().opens_tcp_flow();
+        assert!(flow_start(&syn) && !flow_start(&ack) && !flow_start(&data));
         let check = |b: &[u8]| Ipv6Packet::new_checked(b).unwrap().carries_tcp_data();
         assert!(check(&data));
         assert!(!check(&ack), "a pure ACK carries no data");

@@ -17,14 +17,11 @@ use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The least RTT NACK retries are timed by: below it, scheduling jitter
-/// would ask again for packets already on their way.
-const TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
-
 /// Flows the in-order hold tells apart (see `transport::hold::PlayoutFlows`).
 const PLAYOUT_FLOWS: usize = 4096;
 
+/// The least RTT NACK retries are timed by: below it, scheduling jitter
+/// would ask again for packets already on their way.
 const MIN_NACK_RTT: Duration = Duration::from_millis(1);
 
 /// What loss hiding did: holes in what the peer sent, holes filled by a late
@@ -218,11 +215,8 @@ impl LinkReceiver {
             return;
         };
         // Only TCP waits in order: see `transport::hold`.
-        let wait = if packet.next_header() == TCP {
-            let syn = packet
-                .payload()
-                .get(13)
-                .is_some_and(|flags| flags & TCP_SYN != 0);
+        let wait = if packet.is_tcp() {
+            let syn = packet.opens_tcp_flow();
             // Which flow began in playout matters only in playout; a SYN
             // outside it still clears its flow's slot.
             let playout = h.playout();

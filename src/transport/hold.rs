@@ -378,9 +378,13 @@ mod tests {
     }
 
     fn push_all(h: &mut InOrder<u32>, seqs: &[u32], now: Instant) -> Vec<u32> {
+        push_as(h, seqs, Wait::Always, now)
+    }
+
+    fn push_as(h: &mut InOrder<u32>, seqs: &[u32], wait: Wait, now: Instant) -> Vec<u32> {
         let mut out = Vec::new();
         for &s in seqs {
-            h.push(s, s, Wait::Always, now, RTT, &mut out);
+            h.push(s, s, wait, now, RTT, &mut out);
         }
         out
     }
@@ -390,8 +394,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = hold();
         assert_eq!(push_all(&mut h, &[0, 2], t0), [0]);
-        let mut out = Vec::new();
-        h.push(3, 3, Wait::Never, t0, RTT, &mut out);
+        let out = push_as(&mut h, &[3], Wait::Never, t0);
         assert_eq!(out, [3], "not holdable: handed on behind the hole");
         assert_eq!(push_all(&mut h, &[4], t0), Vec::<u32>::new());
         assert_eq!(
@@ -623,14 +626,12 @@ mod tests {
         let t0 = Instant::now();
         let mut h = hold();
         assert_eq!(push_all(&mut h, &[0, 2], t0), [0]);
-        let mut out = Vec::new();
-        h.push(3, 3, Wait::InPlayout, t0, RTT, &mut out);
+        let out = push_as(&mut h, &[3], Wait::InPlayout, t0);
         assert_eq!(out, [3], "an ACK behind a hole goes at once");
         stream(&mut h, t0, 4, 600, Some(4));
         assert!(h.playout());
         let now = t0 + Duration::from_secs(1);
-        out.clear();
-        h.push(604, 604, Wait::InPlayout, now, RTT, &mut out);
+        let mut out = push_as(&mut h, &[604], Wait::InPlayout, now);
         assert!(out.is_empty(), "in playout an ACK waits as data does");
         h.poll(now + Duration::from_millis(31), &mut out);
         assert_eq!(out, [604]);
