@@ -357,6 +357,46 @@ mod tests {
         }
     }
 
+    /// A value corrupted anywhere (one bit in each byte) is refused by the
+    /// decoder or by verification: no corruption yields an entry that is
+    /// trusted, and whatever decodes re-encodes to the same bytes.
+    #[test]
+    fn no_corrupted_byte_passes_decoding_and_verification() {
+        let (cert, key) = identity(&["fd6e:0:b::/48"], Role::Master);
+        let e = SignedEntry::sign(
+            "fd6e:0:b::/48".parse().unwrap(),
+            vec![
+                "10.0.0.2:4435".parse().unwrap(),
+                "[2001:db8::1]:4435".parse().unwrap(),
+            ],
+            7,
+            2_000_000_000,
+            cert,
+            |m| key.sign(m),
+        );
+        let value = encode_value(std::slice::from_ref(&e));
+        let (mut refused_by_decoder, mut refused_by_verify) = (0, 0);
+        for i in 0..value.len() {
+            let mut bad = value.clone();
+            bad[i] ^= 1 << (i % 8);
+            match decode_value(&bad) {
+                Err(RecordError::Malformed(_)) => refused_by_decoder += 1,
+                Err(other) => panic!("byte {i}: decoder error {other:?}"),
+                Ok(entries) => {
+                    assert_eq!(encode_value(&entries), bad, "byte {i}: re-encoding differs");
+                    for entry in &entries {
+                        assert!(entry.verify(1_000, trust).is_err(), "byte {i} verified");
+                    }
+                    refused_by_verify += 1;
+                }
+            }
+        }
+        // Both layers do their part: framing bytes fail decoding, the
+        // signed fields and the signature fail verification.
+        assert!(refused_by_decoder > 0 && refused_by_verify > 0);
+        assert_eq!(refused_by_decoder + refused_by_verify, value.len());
+    }
+
     #[test]
     fn slave_certificates_cannot_publish() {
         let (cert, key) = identity(&["fd6e:0:b::/48"], Role::Slave);
