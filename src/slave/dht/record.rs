@@ -312,8 +312,8 @@ mod tests {
         NodeIdentity::from_der(cert).map_err(|e| e.to_string())
     }
 
-    #[test]
-    fn sign_encode_decode_verify() {
+    /// An entry of site-b's, signed with its key, and the key.
+    fn signed_entry() -> (SignedEntry, libp2p::identity::ecdsa::Keypair) {
         let (cert, key) = identity(&["fd6e:0:b::/48"], Role::Master);
         let e = SignedEntry::sign(
             "fd6e:0:b::/48".parse().unwrap(),
@@ -326,6 +326,12 @@ mod tests {
             cert,
             |m| key.sign(m),
         );
+        (e, key)
+    }
+
+    #[test]
+    fn sign_encode_decode_verify() {
+        let (e, key) = signed_entry();
         let value = encode_value(std::slice::from_ref(&e));
         let back = decode_value(&value).unwrap();
         assert_eq!(back, vec![e.clone()]);
@@ -362,18 +368,7 @@ mod tests {
     /// trusted, and whatever decodes re-encodes to the same bytes.
     #[test]
     fn no_corrupted_byte_passes_decoding_and_verification() {
-        let (cert, key) = identity(&["fd6e:0:b::/48"], Role::Master);
-        let e = SignedEntry::sign(
-            "fd6e:0:b::/48".parse().unwrap(),
-            vec![
-                "10.0.0.2:4435".parse().unwrap(),
-                "[2001:db8::1]:4435".parse().unwrap(),
-            ],
-            7,
-            2_000_000_000,
-            cert,
-            |m| key.sign(m),
-        );
+        let (e, _) = signed_entry();
         let value = encode_value(std::slice::from_ref(&e));
         let (mut refused_by_decoder, mut refused_by_verify) = (0, 0);
         for i in 0..value.len() {
