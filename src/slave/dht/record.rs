@@ -389,7 +389,6 @@ mod tests {
         // Both layers do their part: framing bytes fail decoding, the
         // signed fields and the signature fail verification.
         assert!(refused_by_decoder > 0 && refused_by_verify > 0);
-        assert_eq!(refused_by_decoder + refused_by_verify, value.len());
     }
 
     #[test]
