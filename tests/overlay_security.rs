@@ -21,6 +21,17 @@ fn issue(
     prefixes: &[&str],
     expired: bool,
 ) -> (Credentials, String) {
+    issue_as(dir, ca_dir, name, Role::Slave, prefixes, expired)
+}
+
+fn issue_as(
+    dir: &Path,
+    ca_dir: &Path,
+    name: &str,
+    role: Role,
+    prefixes: &[&str],
+    expired: bool,
+) -> (Credentials, String) {
     let ca_cert = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
     let ca_key = std::fs::read_to_string(ca_dir.join("ca.key")).unwrap();
     let prefixes: Vec<Ipv6Net> = prefixes.iter().map(|p| p.parse().unwrap()).collect();
@@ -41,7 +52,7 @@ fn issue(
         &ca_key,
         &pki::IssueRequest {
             name,
-            role: Role::Slave,
+            role,
             prefixes: &prefixes,
             not_before: nb,
             not_after: na,
@@ -104,6 +115,69 @@ fn slave_names(ov: &Overlay, i: usize) -> Vec<String> {
         .iter()
         .map(|s| s["session"]["peer"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Dials site `i`'s tunnel from site 2's namespace; how the connection ended.
+fn dial_tunnel(ov: &Overlay, i: usize, creds: Credentials) -> String {
+    let addr = SocketAddr::new(ov.sites[i].underlay.into(), on6::demo::overlay::TUNNEL_PORT);
+    common::in_ns_async(ov.sites[1].site_ns.name(), move || async move {
+        let client = transport::client_config(&creds, &TransportOptions::default()).unwrap();
+        let ep = transport::endpoint("0.0.0.0:0".parse().unwrap(), None, client).unwrap();
+        let connecting = ep.connect(addr, "site-1").unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+            Err(_) => "handshake timed out".to_string(),
+            Ok(Err(e)) => format!("handshake failed: {e}"),
+            Ok(Ok(conn)) => match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await
+            {
+                Ok(reason) => format!("closed: {reason}"),
+                Err(_) => "still open".to_string(),
+            },
+        }
+    })
+}
+
+#[test]
+fn a_tunnel_refuses_sites_it_has_no_tunnel_to() {
+    let Some(ov) = common::build("tunnel_refuses", common::options(2)) else {
+        return;
+    };
+    let dir = ov.dir.join("clients");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A site certificate of the fleet, under a name site 1 has no tunnel to.
+    let (stranger, _) = issue_as(
+        &dir,
+        &ov.dir,
+        "site-9",
+        Role::Master,
+        &["fd6e:0:9::/48"],
+        false,
+    );
+    let ended = dial_tunnel(&ov, 0, stranger);
+    assert!(ended.contains("site-9 is not a configured peer"), "{ended}");
+    // The configured peer's name on a slave certificate.
+    let (impostor, _) = issue_as(
+        &dir,
+        &ov.dir,
+        "site-2",
+        Role::Slave,
+        &["fd6e:0:2::/48"],
+        false,
+    );
+    let ended = dial_tunnel(&ov, 0, impostor);
+    assert!(ended.contains("not a site certificate"), "{ended}");
+    // The peer's real name and role, but not covering the prefixes site 1 sends it.
+    let (narrow, _) = issue_as(
+        &dir,
+        &ov.dir,
+        "site-2",
+        Role::Master,
+        &["fd6e:0:2:1::/64"],
+        false,
+    );
+    let ended = dial_tunnel(&ov, 0, narrow);
+    assert!(ended.contains("does not cover fd6e:0:2::/48"), "{ended}");
+    // The real tunnel is untouched.
+    assert!(common::ping_ok(&ov, 0, 1) && common::ping_ok(&ov, 1, 0));
 }
 
 #[test]
