@@ -143,39 +143,34 @@ fn a_tunnel_refuses_sites_it_has_no_tunnel_to() {
     };
     let dir = ov.dir.join("clients");
     std::fs::create_dir_all(&dir).unwrap();
-    // A site certificate of the fleet, under a name site 1 has no tunnel to.
-    let (stranger, _) = issue_as(
-        &dir,
-        &ov.dir,
-        "site-9",
-        Role::Master,
-        &["fd6e:0:9::/48"],
-        false,
-    );
-    let ended = dial_tunnel(&ov, 0, stranger);
-    assert!(ended.contains("site-9 is not a configured peer"), "{ended}");
-    // The configured peer's name on a slave certificate.
-    let (impostor, _) = issue_as(
-        &dir,
-        &ov.dir,
-        "site-2",
-        Role::Slave,
-        &["fd6e:0:2::/48"],
-        false,
-    );
-    let ended = dial_tunnel(&ov, 0, impostor);
-    assert!(ended.contains("not a site certificate"), "{ended}");
-    // The peer's real name and role, but not covering the prefixes site 1 sends it.
-    let (narrow, _) = issue_as(
-        &dir,
-        &ov.dir,
-        "site-2",
-        Role::Master,
-        &["fd6e:0:2:1::/64"],
-        false,
-    );
-    let ended = dial_tunnel(&ov, 0, narrow);
-    assert!(ended.contains("does not cover fd6e:0:2::/48"), "{ended}");
+    let cases = [
+        // A site certificate of the fleet, under a name site 1 has no tunnel to.
+        (
+            "site-9",
+            Role::Master,
+            "fd6e:0:9::/48",
+            "site-9 is not a configured peer",
+        ),
+        // The configured peer's name on a slave certificate.
+        (
+            "site-2",
+            Role::Slave,
+            "fd6e:0:2::/48",
+            "not a site certificate",
+        ),
+        // The peer's name and role, not covering the prefixes site 1 sends it.
+        (
+            "site-2",
+            Role::Master,
+            "fd6e:0:2:1::/64",
+            "does not cover fd6e:0:2::/48",
+        ),
+    ];
+    for (name, role, prefix, why) in cases {
+        let (creds, _) = issue_as(&dir, &ov.dir, name, role, &[prefix], false);
+        let ended = dial_tunnel(&ov, 0, creds);
+        assert!(ended.contains(why), "{name} ({role}, {prefix}): {ended}");
+    }
     // The real tunnel is untouched.
     assert!(common::ping_ok(&ov, 0, 1) && common::ping_ok(&ov, 1, 0));
 }
