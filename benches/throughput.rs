@@ -2,6 +2,8 @@
 //! path and the peer tunnels (wireguard-go, boringtun, tinc, Yggdrasil,
 //! Nebula, OpenVPN, quincy), measured in one run on one topology (two sites,
 //! a host behind each, an underlay link between the sites' namespaces).
+//! A reference tunnel of bare quinn datagrams ([`quinn_bare`]) runs beside
+//! them: what any quinn-based design starts from here.
 //!
 //! Random loss is per wire packet: nftables `numgen random` on the netdev
 //! ingress hook of each site's underlay interface, with TSO/GSO/GRO off there
@@ -31,6 +33,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "throughput/quinn_bare.rs"]
+mod quinn_bare;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Peer {
     Native,
@@ -42,9 +47,10 @@ enum Peer {
     Nebula,
     Openvpn,
     Quincy,
+    QuinnBare,
 }
 
-const PEERS: [Peer; 9] = [
+const PEERS: [Peer; 10] = [
     Peer::Native,
     Peer::On6,
     Peer::WireguardGo,
@@ -54,6 +60,7 @@ const PEERS: [Peer; 9] = [
     Peer::Nebula,
     Peer::Openvpn,
     Peer::Quincy,
+    Peer::QuinnBare,
 ];
 
 /// The relay's address on the underlay; A sends to RELAY_A, B to RELAY_B.
@@ -73,13 +80,14 @@ impl Peer {
             Peer::Nebula => "nebula",
             Peer::Openvpn => "openvpn",
             Peer::Quincy => "quincy",
+            Peer::QuinnBare => "quinn-bare (reference)",
         }
     }
 
     /// Programs the peer needs (crates from target/bench-tools/bin).
     fn programs(self) -> &'static [&'static str] {
         match self {
-            Peer::Native | Peer::On6 => &[],
+            Peer::Native | Peer::On6 | Peer::QuinnBare => &[],
             Peer::WireguardGo => &["wireguard-go", "wg"],
             Peer::Boringtun => &["boringtun-cli", "wg"],
             Peer::Tinc => &["tincd"],
@@ -99,6 +107,7 @@ impl Peer {
             Peer::Nebula => Some(4242),
             Peer::Openvpn => Some(1194),
             Peer::Quincy => Some(55555),
+            Peer::QuinnBare => Some(quinn_bare::PORT),
             // Native has no UDP underlay; Yggdrasil 0.4 peers over TCP only; tinc
             // sends UDP to the address its TCP meta connection came from.
             Peer::Native | Peer::Yggdrasil | Peer::Tinc => None,
@@ -970,6 +979,34 @@ fn start_peer(
                 "client to server tunnel address; defaults (Noise, Cubic)".to_string(),
             )
         }
+        Peer::QuinnBare => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let exe = exe.to_string_lossy();
+            let (cert, key) = (dir.join("quinn-bare.der"), dir.join("quinn-bare.key"));
+            quinn_bare::make_cert(&cert, &key)?;
+            // The server first: the client's handshake then needs no retry.
+            for i in [1, 0] {
+                let argv = quinn_bare::Args::to_argv(
+                    i == 1,
+                    SocketAddr::from(endpoint(0, quinn_bare::PORT, relayed)),
+                    &format!("qb{i}"),
+                    &prefix(1 - i),
+                    &cert.to_string_lossy(),
+                    &key.to_string_lossy(),
+                );
+                let mut all: Vec<&str> = vec![&exe, "--quinn-bare"];
+                all.extend(argv.iter().map(String::as_str));
+                procs.spawn(&ns(i), &all, &[], &log(format!("qb{i}.log")))?;
+                if i == 1 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+            (
+                hosts,
+                "reference, not a peer: quinn 0.11 datagrams TUN to TUN, its defaults (Cubic)"
+                    .to_string(),
+            )
+        }
     };
     // The tunnel is up once a ping crosses it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1435,6 +1472,14 @@ fn chart(rows: &[Row], path: &Path) -> Result<(), String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The bench runs itself as the reference tunnel in each site's namespace.
+    if let Some(at) = args.iter().position(|a| a == "--quinn-bare") {
+        if let Err(e) = quinn_bare::Args::parse(&args[at + 1..]).and_then(quinn_bare::run) {
+            eprintln!("quinn-bare: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
     if !netns::is_root() {
         eprintln!("SKIPPED throughput bench: needs root for network namespaces");
