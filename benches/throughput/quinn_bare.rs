@@ -1,6 +1,6 @@
 //! The bench's reference tunnel: quinn datagrams between two TUN devices and
 //! nothing else (no router, no loss hiding, quinn 0.11's defaults but for the
-//! MTU). It is the floor any quinn-based design starts from on this machine,
+//! MTU and a keep-alive across the bench's pauses). It is the floor any quinn-based design starts from on this machine,
 //! measured beside on6 in the same run, so a gap to a WireGuard-class peer can
 //! be split into what QUIC costs here and what on6 adds on top.
 //!
