@@ -80,7 +80,7 @@ impl Peer {
             Peer::Nebula => "nebula",
             Peer::Openvpn => "openvpn",
             Peer::Quincy => "quincy",
-            Peer::QuinnBare => "quinn-bare (reference)",
+            Peer::QuinnBare => "quinn-bare",
         }
     }
 
@@ -984,7 +984,7 @@ fn start_peer(
             let exe = exe.to_string_lossy();
             let (cert, key) = (dir.join("quinn-bare.der"), dir.join("quinn-bare.key"));
             quinn_bare::make_cert(&cert, &key)?;
-            // The server first: the client's handshake then needs no retry.
+            // The server first, listening before the client dials.
             for i in [1, 0] {
                 let argv = quinn_bare::Args::to_argv(
                     i == 1,
@@ -998,7 +998,10 @@ fn start_peer(
                 all.extend(argv.iter().map(String::as_str));
                 procs.spawn(&ns(i), &all, &[], &log(format!("qb{i}.log")))?;
                 if i == 1 {
-                    std::thread::sleep(Duration::from_millis(300));
+                    let sport = format!("sport = :{}", quinn_bare::PORT);
+                    wait_for("quinn-bare listener", Duration::from_secs(5), || {
+                        in_ns(&ns(1), &["ss", "-lunH", &sport]).is_ok_and(|o| !o.trim().is_empty())
+                    })?;
                 }
             }
             (

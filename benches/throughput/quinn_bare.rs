@@ -17,7 +17,7 @@ use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 /// UDP payload on the bench's 1500-byte underlay, as on6 uses.
 const UDP_PAYLOAD: u16 = 1452;
 /// Inner MTU: on6's default, so both carry the same packets.
-pub const TUN_MTU: u16 = 1400;
+const TUN_MTU: u16 = 1400;
 /// Both sides bind this UDP port (the relay forwards to fixed ports).
 pub const PORT: u16 = 4433;
 
@@ -142,24 +142,28 @@ async fn tunnel(args: Args) -> Result<(), String> {
             .map_err(ctx("handshake"))?
     };
     eprintln!("quinn-bare: connected to {}", conn.remote_address());
-    let inbound = tokio::spawn(to_tun(conn.clone(), dev.clone()));
+    tokio::spawn(to_tun(conn.clone(), dev.clone()));
+    tokio::select! {
+        why = conn.closed() => Err(format!("connection lost: {why}")),
+        failed = from_tun(&conn, &dev) => failed,
+    }
+}
+
+/// TUN packets to datagrams, until a read or a send fails.
+async fn from_tun(conn: &quinn::Connection, dev: &tun_rs::AsyncDevice) -> Result<(), String> {
     let mut raw = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
     let mut segments = vec![vec![0u8; TUN_MTU as usize]; IDEAL_BATCH_SIZE];
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     loop {
-        if inbound.is_finished() {
-            return Err("connection lost".into());
-        }
         let n = dev
             .recv_multiple(&mut raw, &mut segments, &mut sizes, 0)
             .await
             .map_err(ctx("TUN read"))?;
         for (segment, &len) in segments.iter().zip(&sizes).take(n) {
-            // A full send buffer drops quinn's oldest datagram, as a router would.
-            let packet = Bytes::copy_from_slice(&segment[..len]);
-            if let Err(quinn::SendDatagramError::ConnectionLost(err)) = conn.send_datagram(packet) {
-                return Err(format!("connection lost: {err}"));
-            }
+            // A full send buffer drops quinn's oldest datagram, as a router
+            // would; any error (too large, refused, closed) ends the tunnel.
+            conn.send_datagram(Bytes::copy_from_slice(&segment[..len]))
+                .map_err(ctx("send"))?;
         }
     }
 }
