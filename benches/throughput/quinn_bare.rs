@@ -170,17 +170,9 @@ async fn from_tun(conn: &quinn::Connection, dev: &tun_rs::AsyncDevice) -> Result
 
 /// Datagrams to the TUN: what has arrived is written as one batch, coalesced.
 async fn to_tun(conn: quinn::Connection, dev: Arc<tun_rs::AsyncDevice>) {
-    use futures::FutureExt;
     let mut gro = GROTable::default();
     let mut bufs: Vec<Vec<u8>> = Vec::new();
-    while let Ok(first) = conn.read_datagram().await {
-        let mut batch = vec![first];
-        while batch.len() < IDEAL_BATCH_SIZE {
-            match conn.read_datagram().now_or_never() {
-                Some(Ok(d)) => batch.push(d),
-                _ => break,
-            }
-        }
+    while let Ok(batch) = on6::transport::read_datagrams(&conn, IDEAL_BATCH_SIZE).await {
         bufs.resize_with(batch.len().max(bufs.len()), || {
             Vec::with_capacity(2 * VIRTIO_NET_HDR_LEN + 65535)
         });
